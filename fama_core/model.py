@@ -1,0 +1,461 @@
+"""The FAMA network: Conformer encoder, two CTC heads, pre-norm Transformer decoder.
+
+Module and parameter names mirror FBK-fairseq's `conformer_joint_ctc`, so a fairseq state dict loads
+as is (minus the per-layer positional tables, which are regenerated here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+ATTENTION_MASK_FILL = -1e4  # FBK's fill for boolean masks; finite so fully padded rows never give NaN
+
+
+def lengths_to_padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """[B] lengths -> [B, T] bool mask, True on padding."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+def subsampled_lengths(lengths: Tensor, n_layers: int = 2) -> Tensor:
+    """Frames after `n_layers` stride-2 convolutions (kernel 5, padding 2): floor((L-1)/2)+1 each."""
+    for _ in range(n_layers):
+        lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+    return lengths
+
+
+def relative_positions_table(length: int, dim: int, device=None) -> Tensor:
+    """Interleaved sin/cos table of the conformer attention ([length, dim], float32)."""
+    position = torch.arange(0, length, dtype=torch.float, device=device).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, device=device).float() * -(math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim, device=device)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    return pe
+
+
+def decoder_positions_table(n_positions: int, dim: int, padding_idx: int, device=None) -> Tensor:
+    """fairseq's sinusoidal table ([sin | cos] halves, row `padding_idx` zero)."""
+    half = dim // 2
+    scale = math.log(10000) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float, device=device) * -scale)
+    angles = torch.arange(n_positions, dtype=torch.float, device=device).unsqueeze(1) * freqs.unsqueeze(0)
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2 == 1:
+        table = torch.cat([table, torch.zeros(n_positions, 1, device=device)], dim=1)
+    table[padding_idx] = 0
+    return table
+
+
+def relative_shift_index(lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
+    """Gather index and validity mask that perform FBK's padding-safe relative shift for every row at once.
+
+    FBK shifts each utterance on its own length L: pad a zero column, view the L x (L+1) scores as
+    (L+1) x L and drop the first row. Element (i, j) of the result is therefore the flat element
+    k = L + i*L + j of the zero-padded matrix: column c = k mod (L+1) (zero when c == 0) of row k div (L+1).
+    Returns index [B, T*T] into the flattened [T, T] scores and a [B, T, T] mask of the nonzero entries.
+    """
+    T = max_len
+    L = lengths.view(-1, 1, 1)
+    i = torch.arange(T, device=lengths.device).view(1, T, 1)
+    j = torch.arange(T, device=lengths.device).view(1, 1, T)
+    k = L + i * L + j
+    row = torch.div(k, L + 1, rounding_mode="floor")
+    col = k - row * (L + 1)
+    valid = (col > 0) & (i < L) & (j < L)
+    index = torch.where(valid, row * T + col - 1, torch.zeros_like(k))
+    return index.view(lengths.shape[0], T * T), valid
+
+
+# ----------------------------------------------------------------------------------------------- encoder
+
+
+class Conv1dSubsampler(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n = len(cfg.subsampler_kernels)
+        mid = cfg.subsampler_channels
+        self.conv_layers = nn.ModuleList(
+            nn.Conv1d(
+                cfg.input_dim if i == 0 else mid // 2,
+                mid if i < n - 1 else cfg.d_model * 2,
+                k,
+                stride=2,
+                padding=k // 2,
+            )
+            for i, k in enumerate(cfg.subsampler_kernels)
+        )
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.transpose(1, 2)  # B x C x T
+        for conv in self.conv_layers:
+            x = F.glu(conv(x), dim=1)
+            k, p = conv.kernel_size[0], conv.padding[0]
+            lengths = torch.div(lengths + 2 * p - k, 2, rounding_mode="floor") + 1
+            x = x.masked_fill(lengths_to_padding_mask(lengths, x.shape[2]).unsqueeze(1), 0.0)
+        return x.transpose(1, 2), lengths
+
+
+class FeedForwardModule(nn.Module):
+    def __init__(self, dim: int, expansion: int, dropout: float):
+        super().__init__()
+        self.layernorm = nn.LayerNorm(dim)
+        self.first_linear = nn.Linear(dim, dim * expansion)
+        self.second_linear = nn.Linear(dim * expansion, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(F.silu(self.first_linear(self.layernorm(x))))
+        return self.dropout(self.second_linear(x))
+
+
+class RelativeMultiHeadAttention(nn.Module):
+    """Transformer-XL attention as FBK implements it: scores divided by sqrt(d_model), not sqrt(d_head)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.query_proj = nn.Linear(dim, dim)
+        self.key_proj = nn.Linear(dim, dim)
+        self.value_proj = nn.Linear(dim, dim)
+        self.pos_proj = nn.Linear(dim, dim, bias=False)
+        self.u_bias = nn.Parameter(torch.empty(heads, self.head_dim))
+        self.v_bias = nn.Parameter(torch.empty(heads, self.head_dim))
+        self.out_proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+        nn.init.xavier_uniform_(self.u_bias)
+        nn.init.xavier_uniform_(self.v_bias)
+
+    def forward(self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        H, D = self.heads, self.head_dim
+        q = self.query_proj(x).view(B, T, H, D)
+        k = self.key_proj(x).view(B, T, H, D).transpose(1, 2)
+        v = self.value_proj(x).view(B, T, H, D).transpose(1, 2)
+        p = self.pos_proj(pos).view(T, H, D).permute(1, 2, 0)  # H x D x T
+        pos_score = torch.matmul((q + self.v_bias).transpose(1, 2), p)  # B x H x T x T
+        index, valid = shift
+        pos_score = pos_score.reshape(B, H, T * T).gather(2, index.unsqueeze(1).expand(B, H, T * T))
+        bias = pos_score.view(B, H, T, T).masked_fill(~valid.unsqueeze(1), 0.0) / math.sqrt(self.dim)
+        bias = bias.masked_fill(mask.unsqueeze(1), ATTENTION_MASK_FILL)
+        context = F.scaled_dot_product_attention(
+            (q + self.u_bias).transpose(1, 2),
+            k,
+            v,
+            attn_mask=bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.dim),
+        )
+        return self.out_proj(context.transpose(1, 2).reshape(B, T, self.dim))
+
+
+class MultiHeadedSelfAttentionModule(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.layer_norm = nn.LayerNorm(cfg.d_model)
+        self.attention = RelativeMultiHeadAttention(cfg.d_model, cfg.encoder_heads, cfg.attention_dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+        return self.dropout(self.attention(self.layer_norm(x), pos, shift, mask))
+
+
+class ConformerConvModule(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.layernorm = nn.LayerNorm(d)
+        self.first_pointwise_conv1d = nn.Conv1d(d, 2 * d, 1)
+        self.depthwise_conv1d = nn.Conv1d(
+            d, d, cfg.conv_kernel, padding=(cfg.conv_kernel - 1) // 2, groups=d, bias=False
+        )
+        self.batchnorm = nn.BatchNorm1d(d)
+        self.second_pointwise_conv1d = nn.Conv1d(d, d, 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+        m = padding_mask.unsqueeze(1)
+        x = F.glu(self.first_pointwise_conv1d(self.layernorm(x).transpose(1, 2)), dim=1).masked_fill(m, 0.0)
+        x = self.depthwise_conv1d(x).masked_fill(m, 0.0)
+        x = self.batchnorm(x).masked_fill(m, 0.0)
+        x = self.second_pointwise_conv1d(F.silu(x)).masked_fill(m, 0.0)
+        return self.dropout(x).transpose(1, 2)
+
+
+class ConformerEncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.first_feed_forward = FeedForwardModule(cfg.d_model, cfg.ffn_expansion, cfg.dropout)
+        self.attention = MultiHeadedSelfAttentionModule(cfg)
+        self.conv_module = ConformerConvModule(cfg)
+        self.second_feed_forward = FeedForwardModule(cfg.d_model, cfg.ffn_expansion, cfg.dropout)
+        self.layernorm = nn.LayerNorm(cfg.d_model)
+
+    def forward(
+        self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], attn_mask: Tensor, padding_mask: Tensor
+    ) -> Tensor:
+        x = x + 0.5 * self.first_feed_forward(x)
+        x = x + self.attention(x, pos, shift, attn_mask)
+        x = x + self.conv_module(x, padding_mask)
+        x = x + 0.5 * self.second_feed_forward(x)
+        return self.layernorm(x)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder states, batch-first. `padding_mask` is True on padded frames (40 ms each)."""
+
+    out: Tensor
+    padding_mask: Tensor
+    lengths: Tensor
+    ctc_inter_logits: Tensor | None = None
+    states: list[Tensor] = field(default_factory=list)
+
+    def select(self, index: Tensor) -> EncoderOutput:
+        """Rows `index` of the batch (for beams or for dropping finished utterances)."""
+        return EncoderOutput(
+            self.out.index_select(0, index),
+            self.padding_mask.index_select(0, index),
+            self.lengths.index_select(0, index),
+        )
+
+
+class ConformerEncoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.subsample = Conv1dSubsampler(cfg)
+        self.embed_scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.conformer_layers = nn.ModuleList(ConformerEncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.ctc_fc = nn.Linear(cfg.d_model, cfg.src_vocab_size)
+
+    def forward(
+        self, features: Tensor, lengths: Tensor, return_states: bool = False, ctc_inter: bool = True
+    ) -> EncoderOutput:
+        features = features.masked_fill(lengths_to_padding_mask(lengths, features.shape[1]).unsqueeze(-1), 0.0)
+        x, lengths = self.subsample(features, lengths)
+        x = self.dropout(x * self.embed_scale)
+        T = x.shape[1]
+        if T > self.cfg.max_source_positions:
+            raise ValueError(
+                f"input of {T} encoder frames exceeds the model's {self.cfg.max_source_positions} "
+                f"(about {self.cfg.max_source_positions * 0.04:.0f} s); split long audio into chunks"
+            )
+        padding_mask = lengths_to_padding_mask(lengths, T)
+        attn_mask = padding_mask.unsqueeze(1) | padding_mask.unsqueeze(2)
+        pos = relative_positions_table(T, self.cfg.d_model, x.device).to(x.dtype)
+        shift = relative_shift_index(lengths, T)
+        states, ctc_logits = [], None
+        for i, layer in enumerate(self.conformer_layers):
+            x = layer(x, pos, shift, attn_mask, padding_mask)
+            if ctc_inter and i + 1 == self.cfg.ctc_encoder_layer:
+                ctc_logits = self.ctc_fc(x)
+            if return_states:
+                states.append(x)
+        return EncoderOutput(x, padding_mask, lengths, ctc_logits, states)
+
+
+class CtcDecoder(nn.Module):
+    """The top CTC head: conditioned on the target language by adding its (unscaled) decoder embedding."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.lang_embed_layernorm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, enc: EncoderOutput, lang_embeds: Tensor) -> Tensor:
+        x = self.lang_embed_layernorm(enc.out + lang_embeds.unsqueeze(1))
+        return self.fc(x).masked_fill(enc.padding_mask.unsqueeze(-1), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- decoder
+
+
+class MultiheadAttention(nn.Module):
+    """fairseq-compatible attention (q/k/v/out projections with bias)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, kdim: int | None = None):
+        super().__init__()
+        kdim = kdim or dim
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(kdim, dim)
+        self.v_proj = nn.Linear(kdim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        B, S, _ = x.shape
+        k = self.k_proj(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """x: B x L x C queries; k, v: B x H x S x D; mask: bool, True = blocked, broadcastable to B x H x L x S."""
+        B, L, C = x.shape
+        q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else ~mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class TransformerDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.decoder_dim
+        self.self_attn = MultiheadAttention(d, cfg.decoder_heads, cfg.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.encoder_attn = MultiheadAttention(d, cfg.decoder_heads, cfg.attention_dropout, kdim=cfg.d_model)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, cfg.decoder_ffn_dim)
+        self.fc2 = nn.Linear(cfg.decoder_ffn_dim, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        past_kv: tuple[Tensor, Tensor] | None,
+        self_mask: Tensor | None,
+        cross_kv: tuple[Tensor, Tensor],
+        cross_mask: Tensor | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Returns the layer output and the self-attention keys/values including this input's."""
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        if past_kv is not None:
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        x = x + self.dropout(self.self_attn.attend(h, k, v, self_mask))
+        x = x + self.dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask))
+        h = self.activation_dropout(F.relu(self.fc1(self.final_layer_norm(x))))
+        return x + self.dropout(self.fc2(h)), (k, v)
+
+
+@dataclass
+class DecoderCache:
+    """Keys/values for incremental decoding: self-attention grows one step at a time, cross-attention is fixed."""
+
+    cross: list[tuple[Tensor, Tensor]]
+    cross_mask: Tensor | None  # B x 1 x 1 x S, True on padded encoder frames
+    self_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    steps: int = 0
+
+    def select(self, index: Tensor) -> DecoderCache:
+        """Keep rows `index` (beam reordering, finished utterances leaving the batch)."""
+        pick = lambda kv: (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
+        return DecoderCache(
+            [pick(kv) for kv in self.cross],
+            None if self.cross_mask is None else self.cross_mask.index_select(0, index),
+            [pick(kv) for kv in self.self_kv],
+            self.steps,
+        )
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.padding_idx = cfg.pad
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.decoder_dim, padding_idx=cfg.pad)
+        self.embed_scale = math.sqrt(cfg.decoder_dim)
+        self.layers = nn.ModuleList(TransformerDecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        self.layer_norm = nn.LayerNorm(cfg.decoder_dim)
+        self.output_projection = nn.Linear(cfg.decoder_dim, cfg.vocab_size, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self._positions: Tensor | None = None
+        nn.init.normal_(self.embed_tokens.weight, mean=0, std=cfg.decoder_dim**-0.5)
+        nn.init.normal_(self.output_projection.weight, mean=0, std=cfg.decoder_dim**-0.5)
+        with torch.no_grad():
+            self.embed_tokens.weight[cfg.pad].zero_()
+
+    def positions(self, n: int, device: torch.device) -> Tensor:
+        if self._positions is None or self._positions.shape[0] < n or self._positions.device != device:
+            size = max(n, self.cfg.max_target_positions + self.padding_idx + 1)
+            self._positions = decoder_positions_table(size, self.cfg.decoder_dim, self.padding_idx, device)
+        return self._positions
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        table = self.positions(int(positions.max()) + 1, tokens.device)
+        x = self.embed_scale * self.embed_tokens(tokens) + table[positions].to(self.embed_tokens.weight.dtype)
+        return self.dropout(x)
+
+    def init_cache(self, enc: EncoderOutput) -> DecoderCache:
+        cross = [layer.encoder_attn.project_kv(enc.out) for layer in self.layers]
+        mask = enc.padding_mask[:, None, None, :] if bool(enc.padding_mask.any()) else None
+        return DecoderCache(cross, mask)
+
+    def forward(self, prev_tokens: Tensor, enc: EncoderOutput) -> Tensor:
+        """Teacher-forced logits [B, L, V] for right-padded `prev_tokens` (`</s> <lang> ...`)."""
+        nonpad = prev_tokens.ne(self.padding_idx)
+        positions = torch.cumsum(nonpad, dim=1) * nonpad + self.padding_idx
+        x = self.embed(prev_tokens, positions)
+        L = prev_tokens.shape[1]
+        mask = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), 1)[None, None]
+        if bool((~nonpad).any()):
+            mask = mask | (~nonpad)[:, None, None, :]
+        cross_mask = enc.padding_mask[:, None, None, :] if bool(enc.padding_mask.any()) else None
+        for layer in self.layers:
+            x, _ = layer(x, None, mask, layer.encoder_attn.project_kv(enc.out), cross_mask)
+        return self.output_projection(self.layer_norm(x))
+
+    def step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
+        """Logits [N, V] for the next token, given the last token of each row [N]; extends `cache` in place."""
+        positions = torch.full_like(tokens, cache.steps + 1 + self.padding_idx).unsqueeze(1)
+        x = self.embed(tokens.unsqueeze(1), positions)
+        for i, layer in enumerate(self.layers):
+            past = cache.self_kv[i] if cache.steps > 0 else None
+            x, kv = layer(x, past, None, cache.cross[i], cache.cross_mask)
+            if past is None:
+                cache.self_kv.append(kv)
+            else:
+                cache.self_kv[i] = kv
+        cache.steps += 1
+        return self.output_projection(self.layer_norm(x[:, 0]))
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+class FamaModel(nn.Module):
+    """Encoder + top CTC (`auxiliary_decoder`) + attention decoder."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ConformerEncoder(cfg)
+        self.decoder = TransformerDecoder(cfg)
+        self.auxiliary_decoder = CtcDecoder(cfg)
+
+    def encode(self, features: Tensor, lengths: Tensor, return_states: bool = False) -> EncoderOutput:
+        """features [B, T, input_dim] (utterance-CMVN fbank, zero-padded), lengths [B] -> EncoderOutput."""
+        return self.encoder(features, lengths, return_states=return_states)
+
+    def ctc_logits(self, enc: EncoderOutput, lang_ids: Tensor) -> Tensor:
+        """Top CTC logits [B, T', V] conditioned on each row's language tag id [B]; padded frames are 0."""
+        return self.auxiliary_decoder(enc, self.decoder.embed_tokens(lang_ids))
+
+    def forward(self, features: Tensor, lengths: Tensor, prev_tokens: Tensor) -> tuple[Tensor, Tensor, EncoderOutput]:
+        """Training forward: (decoder logits, top CTC logits, encoder output). prev_tokens[:, 1] is the lang tag."""
+        enc = self.encode(features, lengths)
+        return self.decoder(prev_tokens, enc), self.ctc_logits(enc, prev_tokens[:, 1]), enc
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
