@@ -1,0 +1,3 @@
+from fama_cli.main import app
+
+app()
