@@ -123,9 +123,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         if module.startswith("numpy") and name in ("scalar", "dtype", "_reconstruct", "ndarray"):
-            import numpy.core.multiarray  # noqa: F401  (numpy arrays of scalars in extra_state)
-
             import numpy as np
+            import numpy.core.multiarray  # noqa: F401  (numpy arrays of scalars in extra_state)
 
             return {"scalar": np.core.multiarray.scalar, "dtype": np.dtype,
                     "_reconstruct": np.core.multiarray._reconstruct, "ndarray": np.ndarray}[name]
@@ -425,7 +424,8 @@ def cached_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------- entry point
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None,
                local_files_only: bool | None = None, spm: str | Path | None = None) -> tuple[FamaModel, Tokenizer]:
     """The one way to get a model: a fama folder, a fairseq `.pt`, an alias (`fama-small`) or a hub repo id.
 

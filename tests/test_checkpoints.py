@@ -7,14 +7,12 @@ import os
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, require_shared
 from fama_core.checkpoints import (
     CheckpointError,
     load_fairseq,
@@ -24,6 +22,8 @@ from fama_core.checkpoints import (
     safe_torch_load,
     save_model,
 )
+
+from conftest import ROOT, require_shared
 from hub_server import FakeHub
 
 
