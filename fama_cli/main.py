@@ -114,3 +114,7 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+# Command groups that live in their own modules register themselves on `app` when imported.
+from fama_cli import evaluate_cmd, train_cmd, transcribe_cmd  # noqa: E402,F401

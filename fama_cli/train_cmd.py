@@ -1,0 +1,1 @@
+"""`fama train` commands (registered on the app in fama_cli.main)."""

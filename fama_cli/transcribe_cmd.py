@@ -1,0 +1,1 @@
+"""`fama transcribe` commands (registered on the app in fama_cli.main)."""
