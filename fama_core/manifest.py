@@ -1,0 +1,125 @@
+"""The one manifest format: fairseq speech-to-text TSV, read by training and evaluation.
+
+Header: ``id audio n_frames tgt_text speaker src_text src_lang tgt_lang`` (tab-separated, no quoting;
+extra columns are kept). ``audio`` is ``path`` or ``path:offset:length`` with offset and length in samples
+of the decoded 16 kHz audio; a relative path is relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COLUMNS = ("id", "audio", "n_frames", "tgt_text", "speaker", "src_text", "src_lang", "tgt_lang")
+REQUIRED = COLUMNS[:4]  # fairseq's own ASR manifests may stop after `speaker`; the rest default to ""
+WINDOW, HOP = 400, 160  # 25 ms / 10 ms fbank frames at 16 kHz
+
+
+def n_frames_for_samples(n: int) -> int:
+    """Number of 10 ms fbank frames (25 ms window, no padding) in `n` samples of 16 kHz audio."""
+    return 1 + (n - WINDOW) // HOP if n >= WINDOW else 0
+
+
+def _split_audio(audio: str) -> tuple[str, int | None, int | None]:
+    head, sep, tail = audio.rpartition(":")
+    path, sep2, mid = head.rpartition(":")
+    if sep and sep2 and path and mid.isdigit() and tail.isdigit():
+        return path, int(mid), int(tail)
+    return audio, None, None
+
+
+@dataclass
+class ManifestRow:
+    id: str
+    audio: str
+    n_frames: int
+    tgt_text: str
+    speaker: str = ""
+    src_text: str = ""
+    src_lang: str = ""
+    tgt_lang: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """The file part of `audio`, without `:offset:length`."""
+        return _split_audio(self.audio)[0]
+
+    @property
+    def offset(self) -> int | None:
+        """First sample of the clip in the decoded 16 kHz audio, or None for the whole file."""
+        return _split_audio(self.audio)[1]
+
+    @property
+    def length(self) -> int | None:
+        """Number of samples of the clip, or None for the whole file."""
+        return _split_audio(self.audio)[2]
+
+    def audio_path(self, base: Path) -> Path:
+        """The audio file, resolving a relative path against `base` (the manifest's folder)."""
+        return Path(base) / self.path  # an absolute self.path wins over base
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    """Rows of a manifest; raises ValueError naming the file and line of the first bad row."""
+    path = Path(path)
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}:1: empty manifest, expected a header starting {' '.join(REQUIRED)}")
+        missing = [c for c in REQUIRED if c not in header]
+        if missing or len(set(header)) != len(header):
+            what = f"missing column(s) {', '.join(missing)}" if missing else "duplicate column names"
+            raise ValueError(f"{path}:1: {what} in header {header}")
+        rows, seen = [], set()
+        for fields in reader:
+            line = reader.line_num
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise ValueError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(fields)}")
+            values = dict(zip(header, fields))
+            try:
+                n_frames = int(values["n_frames"])
+            except ValueError:
+                raise ValueError(f"{path}:{line}: n_frames {values['n_frames']!r} is not an integer") from None
+            if not values["id"] or values["id"] in seen:
+                raise ValueError(f"{path}:{line}: {'duplicate' if values['id'] else 'empty'} id {values['id']!r}")
+            if not values["audio"]:
+                raise ValueError(f"{path}:{line}: empty audio field")
+            seen.add(values["id"])
+            known = {c: values.pop(c, "") for c in COLUMNS}
+            rows.append(ManifestRow(**{**known, "n_frames": n_frames}, extra=values))
+    return rows
+
+
+def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> None:
+    """Write rows atomically (a temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    rows = list(rows)
+    extra_cols = list(dict.fromkeys(k for r in rows for k in r.extra))
+    clash = [c for c in extra_cols if c in COLUMNS]
+    if clash:
+        raise ValueError(f"{path}: extra columns {clash} clash with the standard ones")
+    lines = ["\t".join((*COLUMNS, *extra_cols))]
+    for r in rows:
+        fields = [r.id, r.audio, str(r.n_frames), r.tgt_text, r.speaker, r.src_text, r.src_lang, r.tgt_lang]
+        fields += [r.extra.get(c, "") for c in extra_cols]
+        if any(ch in v for v in fields for ch in "\t\r\n"):
+            raise ValueError(f"{path}: row {r.id!r} has a tab or line break inside a field")
+        lines.append("\t".join(fields))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
