@@ -1,0 +1,179 @@
+"""Beam search parity with FBK's generators (beam.json of every reference config), batching invariance,
+and the decoding rules (no-repeat-ngram, max length, forced language tag), greedy CTC and forced alignment."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fama_core.checkpoints import load_fairseq
+from fama_core.config import ModelConfig
+from fama_core.decoding import (
+    CTC_MINUS_INF,
+    BeamSearch,
+    CtcPrefixScorer,
+    DecodeOptions,
+    ctc_greedy,
+    decode,
+    forced_align,
+)
+from fama_core.model import FamaModel
+
+from conftest import fbk_reference_configs, require_shared
+
+
+@pytest.fixture(scope="module", params=fbk_reference_configs())
+def ref(request):
+    folder = require_shared("fixtures", "fbk_reference", request.param)
+    model, _ = load_fairseq(folder / "checkpoint.pt")
+    beam = json.loads((folder / "beam.json").read_text())
+    return model.eval(), np.load(folder / "inputs.npz"), beam
+
+
+def options_for(beam: dict, mode: str) -> DecodeOptions:
+    s = beam["settings"]
+    return DecodeOptions(beam_size=s["beam"], ctc_weight=s["ctc_decode_weight (joint_ctc only)"] if mode == "joint_ctc"
+                         else 0.0, max_len_a=s["max_len_a"], max_len_b=s["max_len_b"], min_len=s["min_len"],
+                         no_repeat_ngram_size=s["no_repeat_ngram_size"], unk_penalty=s["unkpen"],
+                         len_penalty=s["lenpen"], nbest=s["beam"], max_target_positions=s["max_target_positions"])
+
+
+def assert_same_nbest(hyps, expected: list[dict], lang_id: int, eos: int, what: str) -> None:
+    got = [[lang_id, *h.tokens, eos] for h in hyps]
+    assert got == [e["tokens"] for e in expected], what
+    for h, e in zip(hyps, expected):
+        assert abs(h.score - e["score"]) <= 1e-4, what
+        assert np.allclose(h.token_scores, e["positional_scores"], atol=1e-4), what
+
+
+def test_every_nbest_list_matches_fbk_at_batch_size_1(ref):
+    model, inputs, beam = ref
+    for r in beam["results"]:
+        feats = torch.from_numpy(inputs[f"feats_{r['input']}"])[None]
+        hyps = decode(model, feats, torch.tensor([feats.shape[1]]), r["lang_id"], options_for(beam, r["mode"]))[0]
+        assert_same_nbest(hyps, r["hypos"], r["lang_id"], model.cfg.eos, f"in{r['input']}/{r['lang']}/{r['mode']}")
+
+
+@pytest.mark.parametrize("mode", ["joint_ctc", "plain"])
+def test_padded_batch_gives_the_batch_size_1_result(ref, mode):
+    """FBK's own batched joint decoding is wrong for padded rows; fama must give the single-utterance result."""
+    model, inputs, beam = ref
+    results = {(r["input"], r["lang"]): r for r in beam["results"] if r["mode"] == mode}
+    n = len({i for i, _ in results})
+    feats = [torch.from_numpy(inputs[f"feats_{i}"]) for i in range(n)]
+    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    langs = sorted({lang for _, lang in results})
+    # Every utterance with every tag, plus a mixed-language batch.
+    plans = [[lang] * n for lang in langs] + [[langs[i % len(langs)] for i in range(n)]]
+    for plan in plans:
+        lang_ids = [results[(i, plan[i])]["lang_id"] for i in range(n)]
+        out = decode(model, batch, lengths, lang_ids, options_for(beam, mode))
+        for i in range(n):
+            r = results[(i, plan[i])]
+            assert_same_nbest(out[i], r["hypos"], r["lang_id"], model.cfg.eos, f"batched in{i}/{plan[i]}/{mode}")
+
+
+def tiny_model(seed: int = 0, vocab: int = 12) -> FamaModel:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_model=16, encoder_layers=2, encoder_heads=2, subsampler_channels=16, ctc_encoder_layer=1,
+                      decoder_dim=16, decoder_ffn_dim=32, decoder_layers=1, decoder_heads=2, vocab_size=vocab,
+                      src_vocab_size=vocab)
+    return FamaModel(cfg).eval()
+
+
+def test_max_length_and_forced_language_tag():
+    model = tiny_model()
+    with torch.no_grad():  # make </s> very unlikely so that the length limit decides
+        proj = model.decoder.output_projection.weight
+        proj[model.cfg.eos] = -5.0 * proj.abs().mean()
+    feats = torch.randn(1, 60, 80)
+    opts = DecodeOptions(beam_size=3, ctc_weight=0.0, max_len_b=7, no_repeat_ngram_size=0, nbest=3)
+    hyps = decode(model, feats, torch.tensor([60]), 5, opts)[0]
+    assert len(hyps) == 3
+    for h in hyps:
+        # lang tag + up to max_len_b - 1 tokens + </s>: at most max_len_b + 1 scored positions
+        assert len(h.token_scores) <= 8 and len(h.tokens) <= 6
+        assert math.isclose(h.score, sum(h.token_scores) / len(h.token_scores), rel_tol=1e-5)
+    assert max(len(h.tokens) for h in hyps) == 6
+    # the first scored position is the forced tag's own log-probability, identical in every hypothesis
+    assert len({round(h.token_scores[0], 6) for h in hyps}) == 1
+
+
+def test_no_repeat_ngram_blocks_only_repeated_ngrams():
+    search = BeamSearch(tiny_model(), DecodeOptions(no_repeat_ngram_size=3))
+    tokens = torch.tensor([[2, 4, 7, 8, 9, 7, 8], [2, 4, 7, 8, 9, 10, 11]])
+    lprobs = torch.zeros(2, 12)
+    out = search.block_repeated_ngrams(tokens, lprobs.clone())
+    # row 0 ends with (7, 8), which was followed by 9 before: only 9 is banned
+    assert torch.isinf(out[0]).nonzero().view(-1).tolist() == [9]
+    assert not torch.isinf(out[1]).any()
+
+
+def test_ctc_prefix_scores_match_brute_force_enumeration():
+    torch.manual_seed(3)
+    T, V, blank, eos = 6, 5, 4, 2
+    lp = torch.log_softmax(torch.randn(1, T, V, dtype=torch.float64), -1)  # rows sum to 1 in float64
+    scorer = CtcPrefixScorer(lp, torch.tensor([T]), blank, eos)
+    r_n, r_b = scorer.initial_state(1)
+    prefix = [1, 3, 3]
+    for p, c in enumerate(prefix):
+        last = torch.tensor([prefix[p - 1]]) if p else None
+        psi = scorer.scores(r_n, r_b, last, p, 1)
+        r_n, r_b = scorer.advance(r_n, r_b, torch.tensor([c]), torch.tensor([p > 0 and prefix[p - 1] == c]), p, 1)
+
+    def collapse(path):
+        out, prev = [], None
+        for s in path:
+            if s != prev and s != blank:
+                out.append(s)
+            prev = s
+        return out
+
+    import itertools
+
+    probs = lp[0].exp()
+    prefix_prob = {}
+    full_prob = 0.0
+    for path in itertools.product(range(V), repeat=T):
+        pr = float(torch.prod(probs[torch.arange(T), torch.tensor(path)]))
+        lab = collapse(path)
+        if lab[:2] == [1, 3]:
+            nxt = tuple(lab[:3]) if len(lab) >= 3 else None
+            if nxt is not None:
+                prefix_prob[nxt[2]] = prefix_prob.get(nxt[2], 0.0) + pr
+        if lab == [1, 3]:
+            full_prob += pr
+    # psi(g + c) for g = [1, 3] is the probability of all label sequences starting with g + c
+    for c in (0, 1, 3):
+        assert math.isclose(float(psi[0, c].exp()), prefix_prob.get(c, 0.0), rel_tol=1e-9, abs_tol=1e-300)
+    assert math.isclose(float(psi[0, eos].exp()), full_prob, rel_tol=1e-9)
+    assert float(psi[0, blank]) == CTC_MINUS_INF
+
+
+def test_greedy_ctc_merges_repeats_and_drops_blanks():
+    blank = 4
+    ids = torch.tensor([[4, 1, 1, 4, 1, 2, 2, 4, 3, 3]])
+    logits = torch.nn.functional.one_hot(ids, 5).float()
+    assert ctc_greedy(logits, torch.tensor([10]), blank) == [[1, 1, 2, 3]]
+    assert ctc_greedy(logits, torch.tensor([6]), blank) == [[1, 1, 2]]
+
+
+def test_forced_alignment_on_a_constructed_posterior():
+    blank, T, V = 0, 12, 5
+    # frames: blank x2, token 3 x3, blank, token 3 x2, token 1, blank x3  (target 3 3 1)
+    frames = [0, 0, 3, 3, 3, 0, 3, 3, 1, 0, 0, 0]
+    lp = torch.full((2, T, V), math.log(0.01))
+    for t, s in enumerate(frames):
+        lp[0, t, s] = math.log(0.96)
+    lp[1] = lp[0]
+    spans = forced_align(torch.log_softmax(lp, -1), torch.tensor([T, 9]), [[3, 3, 1], [3, 3, 1]], blank)
+    assert spans[0] == [(2, 4), (6, 7), (8, 8)]
+    assert spans[1] == [(2, 4), (6, 7), (8, 8)]
+    # a target longer than the frames cannot be aligned: spans are spread evenly, still ordered
+    short = forced_align(torch.log_softmax(lp, -1)[:1], torch.tensor([2]), [[3, 3, 1]], blank)[0]
+    assert [a for a, _ in short] == sorted(a for a, _ in short)
