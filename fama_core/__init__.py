@@ -1,0 +1,29 @@
+"""fama: run and train the FAMA speech foundation models (English/Italian ASR, EN<->IT speech translation).
+
+The library API mirrors the command line:
+
+    model, tokenizer = fama_core.load_model("fama-small")
+    segments = fama_core.transcribe("lecture.mp4", model="fama-small", language="it")
+    segments = fama_core.translate("talk.mp3", model="fama-small", to="en")
+    report = fama_core.evaluate("test.tsv", model="fama-small", task="asr")
+"""
+
+from .checkpoints import CheckpointError, load_model, save_model
+from .config import ModelConfig, preset
+from .decoding import DecodeOptions, Hypothesis, decode, forced_align
+from .model import FamaModel
+from .tokenizer import Tokenizer
+
+__all__ = [
+    "CheckpointError",
+    "DecodeOptions",
+    "FamaModel",
+    "Hypothesis",
+    "ModelConfig",
+    "Tokenizer",
+    "decode",
+    "forced_align",
+    "load_model",
+    "preset",
+    "save_model",
+]
