@@ -11,6 +11,7 @@ The library API mirrors the command line:
 from .checkpoints import CheckpointError, load_model, save_model
 from .config import ModelConfig, preset
 from .decoding import DecodeOptions, Hypothesis, decode, forced_align
+from .evaluate import evaluate
 from .model import FamaModel
 from .tokenizer import Tokenizer
 
@@ -22,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "Tokenizer",
     "decode",
+    "evaluate",
     "forced_align",
     "load_model",
     "preset",
