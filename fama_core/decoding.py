@@ -109,13 +109,13 @@ class CtcPrefixScorer:
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int):
         self.blank, self.eos = blank, eos
         B, T, V = log_probs.shape
-        valid = torch.arange(T, device=log_probs.device)[None, :] < lengths[:, None]
-        self.x = log_probs.double().masked_fill(~valid[:, :, None], 0.0)  # B x T x V (padding: finite, unused)
-        x_max = self.x.masked_fill(~valid[:, :, None], -math.inf).amax(1, keepdim=True)  # B x 1 x V
-        self.x_max = x_max
-        self.x_exp = torch.exp(self.x - x_max).masked_fill(~valid[:, :, None], 0.0)  # B x T x V
+        pad = (torch.arange(T, device=log_probs.device)[None, :] >= lengths[:, None])[:, :, None]
+        self.x = log_probs.float().masked_fill(pad, 0.0)  # B x T x V (padding: finite, never used)
+        self.x_max = log_probs.float().masked_fill(pad, -math.inf).amax(1, keepdim=True)  # B x 1 x V
+        self.x_exp = torch.exp(self.x - self.x_max).masked_fill_(pad, 0.0)  # column-shifted posteriors
         self.lengths = lengths
         self.frames = torch.arange(T, device=log_probs.device)
+        self.exact_fallbacks = 0  # entries recomputed in float64 (diagnostics)
 
     def select(self, utt_index: Tensor) -> None:
         """Keep utterances `utt_index` (finished ones leave the batch)."""
@@ -123,7 +123,7 @@ class CtcPrefixScorer:
         self.lengths = self.lengths[utt_index]
 
     def initial_state(self, rows_per_utt: int) -> tuple[Tensor, Tensor]:
-        r_b = torch.cumsum(self.x[:, :, self.blank], 1).repeat_interleave(rows_per_utt, 0)  # N x T
+        r_b = torch.cumsum(self.x[:, :, self.blank].double(), 1).repeat_interleave(rows_per_utt, 0)  # N x T
         return torch.full_like(r_b, -math.inf), r_b
 
     def scores(self, r_n: Tensor, r_b: Tensor, last: Tensor | None, prefix_len: int, rows_per_utt: int) -> Tensor:
@@ -138,23 +138,38 @@ class CtcPrefixScorer:
         phi[:, 1:] = r_sum[:, :-1]  # phi[t] holds the value used at frame t (phi(t-1) in the paper)
         phi = phi.masked_fill(~in_range, -math.inf)
         phi_max = phi.amax(1, keepdim=True).clamp_min(-1e300)
-        a = torch.exp(phi - phi_max).view(-1, rows_per_utt, T)
+        a = torch.exp(phi - phi_max).float().view(-1, rows_per_utt, T)
         with torch.autocast(self.x.device.type, enabled=False):
             total = torch.bmm(a, self.x_exp).view(N, -1)
-        psi = torch.log(total) + phi_max + self.x_max.repeat_interleave(rows_per_utt, 0).squeeze(1)
         utt_rows = torch.arange(self.x.shape[0], device=self.x.device).repeat_interleave(rows_per_utt)
+        psi = torch.log(total.double()) + phi_max + self.x_max[utt_rows, 0].double()
+        # A float32 sum below 2^-80 of its shifts may have lost terms to underflow: redo those exactly.
+        tiny = total < 2.0**-80
+        if bool(tiny.any()):
+            psi[tiny] = self._exact(phi, utt_rows, tiny)
         if prefix_len == 0:
-            psi = torch.logaddexp(psi, self.x[utt_rows, 0, :])  # a first token may start at frame 0
+            psi = torch.logaddexp(psi, self.x[utt_rows, 0, :].double())  # a first token may start at frame 0
         if last is not None:  # repeating the last token needs a blank in between: phi = r_b only
             phi_last = torch.full_like(r_b, -math.inf)
             phi_last[:, 1:] = r_b[:, :-1]
             phi_last = phi_last.masked_fill(~in_range, -math.inf)
-            x_last = self.x[utt_rows, :, last]  # N x T
+            x_last = self.x[utt_rows, :, last].double()  # N x T
             psi.scatter_(1, last.view(N, 1), torch.logsumexp(phi_last + x_last, 1, keepdim=True))
         end_index = (lengths - 1).clamp_min(0).view(N, 1)
         psi[:, self.eos] = r_sum.gather(1, end_index).squeeze(1)
         psi[:, self.blank] = CTC_MINUS_INF
         return psi.clamp_min(CTC_MINUS_INF)
+
+    def _exact(self, phi: Tensor, utt_rows: Tensor, which: Tensor) -> Tensor:
+        """log sum_t exp(phi[n, t] + x[n, t, c]) in float64 log space for the (n, c) entries in `which`."""
+        n_idx, c_idx = which.nonzero(as_tuple=True)
+        self.exact_fallbacks += n_idx.numel()
+        out = []
+        for i in range(0, n_idx.numel(), 8192):
+            n, c = n_idx[i:i + 8192], c_idx[i:i + 8192]
+            x_nc = self.x[utt_rows[n][:, None], self.frames[None, :], c[:, None]].double()  # M x T
+            out.append(torch.logsumexp(phi[n] + x_nc, 1))
+        return torch.cat(out)
 
     def advance(self, r_n: Tensor, r_b: Tensor, tokens: Tensor, repeat: Tensor, prefix_len: int,
                 rows_per_utt: int) -> tuple[Tensor, Tensor]:
@@ -163,8 +178,8 @@ class CtcPrefixScorer:
         lengths = self.lengths.repeat_interleave(rows_per_utt)
         start = max(1, prefix_len)
         utt_rows = torch.arange(self.x.shape[0], device=self.x.device).repeat_interleave(rows_per_utt)
-        x_c = self.x[utt_rows, :, tokens]  # N x T
-        x_b = self.x[utt_rows, :, self.blank]
+        x_c = self.x[utt_rows, :, tokens].double()  # N x T
+        x_b = self.x[utt_rows, :, self.blank].double()
         r_sum = torch.logaddexp(r_n, r_b)
         phi_src = torch.where(repeat[:, None], r_b, r_sum)
         t = self.frames[None, :]
@@ -215,8 +230,7 @@ class BeamSearch:
             ctc_lp = F.log_softmax(self.model.ctc_logits(enc, langs).float(), -1)
             scorer = CtcPrefixScorer(ctc_lp, enc.lengths, self.blank, self.eos)
 
-        rows = torch.arange(B, device=device).repeat_interleave(k)
-        cache = self.model.decoder.init_cache(enc).select(rows)
+        cache = self.model.decoder.init_cache(enc).with_beams(k)
         utt = torch.arange(B, device=device)  # original index of each active utterance
         max_len = max_len.to(device)
         tokens = torch.full((B * k, 1), self.eos, dtype=torch.long, device=device)
@@ -290,7 +304,9 @@ class BeamSearch:
                 scorer.select(keep)
             tokens = torch.cat([tokens[sel_rows], sel_tokens[:, None]], 1)
             cum = torch.cat([cum[sel_rows], sel_scores[:, None]], 1)
-            cache = cache.select(sel_rows)
+            cache.reorder(sel_rows)
+            if bool(finished.any()):
+                cache.keep_utterances(keep)
             utt = utt[keep]
 
         for hyps in finalized:

@@ -330,35 +330,49 @@ class TransformerDecoderLayer(nn.Module):
         cross_kv: tuple[Tensor, Tensor],
         cross_mask: Tensor | None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Returns the layer output and the self-attention keys/values including this input's."""
+        """Returns the layer output and the self-attention keys/values including this input's.
+
+        `cross_kv` may hold fewer rows than `x` (one per utterance, with its beams as consecutive rows of x):
+        cross-attention queries do not interact, so the beams of an utterance are attended as one sequence.
+        """
         h = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_kv(h)
         if past_kv is not None:
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
         x = x + self.dropout(self.self_attn.attend(h, k, v, self_mask))
-        x = x + self.dropout(self.encoder_attn.attend(self.encoder_attn_layer_norm(x), *cross_kv, cross_mask))
+        N, L, C = x.shape
+        U = cross_kv[0].shape[0]
+        h = self.encoder_attn_layer_norm(x).reshape(U, N // U * L, C)
+        x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask).view(N, L, C))
         h = self.activation_dropout(F.relu(self.fc1(self.final_layer_norm(x))))
         return x + self.dropout(self.fc2(h)), (k, v)
 
 
 @dataclass
 class DecoderCache:
-    """Keys/values for incremental decoding: self-attention grows one step at a time, cross-attention is fixed."""
+    """Keys/values for incremental decoding.
+
+    Cross-attention keys/values are computed once and kept once per utterance; each utterance has `beams`
+    consecutive hypothesis rows, whose self-attention keys/values grow by one position per step.
+    """
 
     cross: list[tuple[Tensor, Tensor]]
-    cross_mask: Tensor | None  # B x 1 x 1 x S, True on padded encoder frames
+    cross_mask: Tensor | None  # U x 1 x 1 x S, True on padded encoder frames
+    beams: int = 1
     self_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     steps: int = 0
 
-    def select(self, index: Tensor) -> DecoderCache:
-        """Keep rows `index` (beam reordering, finished utterances leaving the batch)."""
-        pick = lambda kv: (kv[0].index_select(0, index), kv[1].index_select(0, index))  # noqa: E731
-        return DecoderCache(
-            [pick(kv) for kv in self.cross],
-            None if self.cross_mask is None else self.cross_mask.index_select(0, index),
-            [pick(kv) for kv in self.self_kv],
-            self.steps,
-        )
+    def with_beams(self, beams: int) -> DecoderCache:
+        return DecoderCache(self.cross, self.cross_mask, beams, self.self_kv, self.steps)
+
+    def reorder(self, rows: Tensor) -> None:
+        """Hypothesis rows `rows` continue (beam reordering, finished utterances leaving)."""
+        self.self_kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_kv]
+
+    def keep_utterances(self, index: Tensor) -> None:
+        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+        if self.cross_mask is not None:
+            self.cross_mask = self.cross_mask.index_select(0, index)
 
 
 class TransformerDecoder(nn.Module):
