@@ -14,6 +14,7 @@ from .decoding import DecodeOptions, Hypothesis, decode, forced_align
 from .evaluate import evaluate
 from .model import FamaModel
 from .tokenizer import Tokenizer
+from .transcribe import TranscribeOptions, transcribe, translate
 
 __all__ = [
     "CheckpointError",
@@ -22,10 +23,13 @@ __all__ = [
     "Hypothesis",
     "ModelConfig",
     "Tokenizer",
+    "TranscribeOptions",
     "decode",
     "evaluate",
     "forced_align",
     "load_model",
     "preset",
     "save_model",
+    "transcribe",
+    "translate",
 ]
