@@ -181,12 +181,14 @@ class ConformerConvModule(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        m = padding_mask.unsqueeze(1)
-        x = F.glu(self.first_pointwise_conv1d(self.layernorm(x).transpose(1, 2)), dim=1).masked_fill(m, 0.0)
-        x = self.depthwise_conv1d(x).masked_fill(m, 0.0)
-        x = self.batchnorm(x).masked_fill(m, 0.0)
-        x = self.second_pointwise_conv1d(F.silu(x)).masked_fill(m, 0.0)
-        return self.dropout(x).transpose(1, 2)
+        # Pointwise convolutions run as matrix products in B x T x C; only the depthwise part needs B x C x T.
+        m = padding_mask.unsqueeze(-1)
+        w1, w2 = self.first_pointwise_conv1d, self.second_pointwise_conv1d
+        x = F.glu(F.linear(self.layernorm(x), w1.weight.squeeze(-1), w1.bias), dim=-1).masked_fill(m, 0.0)
+        x = self.depthwise_conv1d(x.transpose(1, 2)).transpose(1, 2).masked_fill(m, 0.0)
+        x = self.batchnorm(x.transpose(1, 2)).transpose(1, 2).masked_fill(m, 0.0)
+        x = F.linear(F.silu(x), w2.weight.squeeze(-1), w2.bias).masked_fill(m, 0.0)
+        return self.dropout(x)
 
 
 class ConformerEncoderLayer(nn.Module):
