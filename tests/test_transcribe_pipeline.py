@@ -1,0 +1,154 @@
+"""The pipeline's mechanics: cross-file batching, language detection, segments and token times."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fama_core.decoding import DecodeOptions
+from fama_core.inputs import InputFile
+from fama_core.transcribe import Pipeline, TranscribeOptions, language_scores, make_segments
+from fama_core.vad import SpeechChunk
+
+from conftest import require_shared
+
+tr = importlib.import_module("fama_core.transcribe")  # the module; fama_core.transcribe is also the function
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from fama_core import load_model
+
+    return load_model(require_shared("fixtures", "fbk_reference", "tiny", "checkpoint.pt"), device="cpu")
+
+
+def fixed_chunks(seconds: float):
+    """A stand-in VAD: the whole stream in chunks of `seconds`."""
+
+    def chunks(blocks, options):
+        audio = np.concatenate(list(blocks))
+        step = int(seconds * 16000)
+        for i in range(0, len(audio), step):
+            yield SpeechChunk(i / 16000, min(i + step, len(audio)) / 16000, audio[i:i + step])
+
+    return chunks
+
+
+def waves(*seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in seconds]
+
+
+def test_batches_mix_files_sorted_by_length_within_budget(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(4.0))
+    batches = []
+
+    def fake_decode(model, audios, lang_ids, options):
+        batches.append([len(a) / 16000 for a in audios])
+        return [([], []) for _ in audios]
+
+    monkeypatch.setattr(tr, "decode_chunks", fake_decode)
+    sources = waves(10, 3, 7, 1.5, 12)
+    items = [InputFile(f"f{i}") for i in range(len(sources))]
+    opts = TranscribeOptions(language="en", batch_size=4, batch_seconds=12.0)
+    results = list(Pipeline(*tiny, opts).run(items, sources))
+    assert sorted(r.item.path for r in results) == [it.path for it in items] and not any(r.error for r in results)
+    flat = [s for b in batches for s in b]
+    assert sorted(flat, reverse=True) == flat  # longest first across all files
+    assert len(flat) == 3 + 1 + 2 + 1 + 3
+    assert all(len(b) <= 4 and max(b) * len(b) <= 12.0 for b in batches)
+    assert any(len(b) > 1 for b in batches)
+    assert [round(r.seconds, 3) for r in sorted(results, key=lambda r: r.item.path)] == [10, 3, 7, 1.5, 12]
+
+
+def test_files_finish_as_their_chunks_are_done(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
+    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: [([], []) for _ in audios])
+    sources = waves(*[3.0] * 6)
+    items = [InputFile(f"f{i}") for i in range(6)]
+    opts = TranscribeOptions(language="en", pool_seconds=5.0)  # pools hold about 2 files at a time
+    order = [r.item.path for r in Pipeline(*tiny, opts).run(items, sources)]
+    assert order == [it.path for it in items]
+
+
+def test_language_auto_uses_the_higher_tag_score(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(3.0))
+    model, tok = tiny
+    seen = {}
+
+    def fake_scores(model, tokenizer, audios, languages):
+        # pretend: audio with a positive first sample is Italian
+        return torch.tensor([[-1.0, -0.5] if a[0] > 0 else [-0.2, -3.0] for a in audios])
+
+    def fake_decode(model, audios, lang_ids, options):
+        for a, lang in zip(audios, lang_ids):
+            seen[float(a[0])] = lang
+        return [([], []) for _ in audios]
+
+    monkeypatch.setattr(tr, "language_scores", fake_scores)
+    monkeypatch.setattr(tr, "decode_chunks", fake_decode)
+    a, b = waves(5, 5)
+    a[0], b[0] = 0.5, -0.5
+    results = {r.item.path: r for r in Pipeline(model, tok, TranscribeOptions()).run(
+        [InputFile("it"), InputFile("en")], [a, b])}
+    assert results["it"].transcript.language == "it" and results["en"].transcript.language == "en"
+    assert results["it"].transcript.options["language_scores"] == {"en": -2.0, "it": -1.0}  # summed over 2 chunks
+    assert seen[0.5] == tok.lang_tag_id("it") and seen[-0.5] == tok.lang_tag_id("en")
+
+
+def test_language_scores_are_the_decoder_tag_log_probs(tiny):
+    model, tok = tiny
+    audios = [torch.as_tensor(w) for w in waves(2, 3)]
+    scores = language_scores(model, tok, audios, ["en", "it"])
+    feats, lengths = tr.compute_features(audios)
+    enc = model.encode(feats, lengths)
+    manual = []
+    for i in range(2):
+        one = model.encode(feats[i:i + 1, :int(lengths[i])], lengths[i:i + 1])
+        with torch.no_grad():
+            lp = F.log_softmax(model.decoder.step(torch.tensor([tok.eos]), model.decoder.init_cache(one)), -1)
+        manual.append([lp[0, tok.lang_tag_id("en")].item(), lp[0, tok.lang_tag_id("it")].item()])
+    assert enc.out.shape[0] == 2
+    assert torch.allclose(scores, torch.tensor(manual), atol=1e-4)
+
+
+def test_batched_equals_one_by_one(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(3.0))
+    sources = waves(5, 2, 4)
+    items = [InputFile(f"f{i}") for i in range(3)]
+    decode = DecodeOptions(beam_size=2, max_len_b=8)
+    texts = []
+    for batch_size in (1, 16):
+        opts = TranscribeOptions(language="en", decode=decode, batch_size=batch_size)
+        res = sorted(Pipeline(*tiny, opts).run(items, sources), key=lambda r: r.item.path)
+        texts.append([[(s.text, s.start, s.end) for s in r.transcript.segments] for r in res])
+    assert texts[0] == texts[1] and any(texts[0])
+
+
+def test_segments_words_and_times(tiny):
+    _, tok = tiny
+    ids = tok.encode("the cat sees a book. il gatto legge")
+    spans = [(2 * i, 2 * i + 1) for i in range(len(ids))]
+    segs = make_segments(tok, [(10.0, 20.0)], [(ids, spans)])
+    assert [s.text for s in segs] == ["the cat sees a book.", "il gatto legge"]
+    words = [w for s in segs for w in s.words]
+    assert [w.text for w in words] == "the cat sees a book. il gatto legge".split()
+    assert words[0].start == 10.0 and all(10.0 <= w.start < w.end <= 20.0 for w in words)
+    assert all(a.end <= b.start for a, b in zip(words, words[1:]))
+    assert make_segments(tok, [(0.0, 1.0)], [([], [])]) == []
+
+
+def test_library_on_waveforms(tiny):
+    silence = np.zeros(16000 * 3, dtype=np.float32)
+    t = tr.transcribe(silence, tiny, "en", beam_size=1, max_len_b=8)
+    assert t.segments == [] and t.text == "" and abs(t.duration - 3.0) < 1e-6
+    out = tr.translate([silence, silence], tiny, to="it", beam_size=1, max_len_b=8)
+    assert [o.task for o in out] == ["translate", "translate"] and out[0].source_language == "en"
+    with pytest.raises(tr.TranscribeError, match="no such file"):
+        tr.transcribe("/nonexistent.wav", tiny, "en")
+    with pytest.raises(ValueError):
+        tr.transcribe(silence, tiny, "fr")
