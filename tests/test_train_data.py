@@ -65,7 +65,7 @@ def require_espeak() -> None:
 def make_corpus(folder: Path, n: int = 24, translations: bool = False, vocab_size: int = 64) -> dict:
     """`n` English utterances (+ Italian translations) with a manifest and a SentencePiece model.
 
-    Returns {"manifest": path, "spm": path, "texts": [...]}.
+    Returns {"manifest": ST manifest with translations (else ASR), "asr": ASR manifest, "spm": path, ...}.
     """
     require_espeak()
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,10 +80,12 @@ def make_corpus(folder: Path, n: int = 24, translations: bool = False, vocab_siz
     manifest = folder / "train.tsv"
     build_manifest(audio, manifest, src_lang="en", tgt_lang="it" if translations else None,
                    translation_suffix=".it.txt" if translations else None)
+    asr = folder / "asr.tsv"
+    build_manifest(audio, asr, src_lang="en")
     texts, langs = manifest_texts([manifest])
     tok = train_spm(texts, folder / "spm", vocab_size, langs=("en", "it"), num_threads=1)
-    return {"manifest": manifest, "spm": tok.model_path, "dict": tok.dict_path, "texts": [p[0] for p in pairs],
-            "translations": [p[1] for p in pairs]}
+    return {"manifest": manifest, "asr": asr, "spm": tok.model_path, "dict": tok.dict_path,
+            "texts": [p[0] for p in pairs], "translations": [p[1] for p in pairs]}
 
 
 @pytest.fixture(scope="session")

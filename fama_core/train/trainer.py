@@ -362,7 +362,7 @@ class Trainer:
         opts = self.opts
         self.optimizer.zero_grad(set_to_none=True)
         sums = {"loss": 0.0, "ctc_inter": 0.0, "ce": 0.0, "nll": 0.0, "ctc_top": 0.0}
-        sample_size = ntokens = frames = sentences = 0
+        sample_size = ntokens = frames = sentences = st_batches = 0
         for j, item in enumerate(micro):
             epoch, b, batch = item if item is not None else (0, -1, None)
             weight = 1.0 if batch is not None and len(batch) > 0 else 0.0
@@ -384,10 +384,12 @@ class Trainer:
                 ntokens += int(batch.target[:, opts.loss.ignore_prefix_size:].ne(self.model.cfg.pad).sum())
                 frames += batch.frames
                 sentences += len(batch)
+                st_batches += batch.task == "st"
         keys = list(sums)
-        totals = self.dist.all_sum([sums[k] for k in keys] + [sample_size, ntokens, frames, sentences], self.device)
+        counts = [sample_size, ntokens, frames, sentences, st_batches]
+        totals = self.dist.all_sum([sums[k] for k in keys] + counts, self.device)
         sums = dict(zip(keys, totals[: len(keys)]))
-        sample_size, ntokens, frames, sentences = (int(x) for x in totals[len(keys):])
+        sample_size, ntokens, frames, sentences, st_batches = (int(x) for x in totals[len(keys):])
         lr = opts.schedule.lr_at(self.num_updates)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
@@ -413,7 +415,7 @@ class Trainer:
         return {"loss": sums["loss"] / denom / ln2, "nll_loss": sums["nll"] / max(ntokens, 1) / ln2,
                 "ctc_inter": sums["ctc_inter"] / denom / ln2, "ctc_top": sums["ctc_top"] / denom / ln2,
                 "ce": sums["ce"] / denom / ln2, "lr": lr, "gnorm": gnorm, "sample_size": sample_size,
-                "frames": frames, "sentences": sentences, "skipped_update": bool(skipped)}
+                "frames": frames, "sentences": sentences, "st_batches": st_batches, "skipped_update": bool(skipped)}
 
     def save(self, epoch_end: bool = False) -> Path | None:
         if not self.dist.main:
