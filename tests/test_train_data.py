@@ -153,3 +153,26 @@ def test_collate_targets_and_stage2_tasks(corpus):
     assert 70 < tasks.count("asr") < 130 and tasks == [ds.task_of(1, b) for b in range(200)]
     aug1, aug2 = ds.collate(items, "asr", augment_seed=5), ds.collate(items, "asr", augment_seed=5)
     assert torch.equal(aug1.features, aug2.features) and not torch.equal(aug1.features, asr.features)
+
+
+def test_clips_other_formats_and_worker_processes(corpus, tmp_path):
+    from fama_core.train.data import iterate
+
+    base = corpus["manifest"].parent
+    wav = base / "audio" / "utt00.wav"
+    flac = tmp_path / "utt00.flac"
+    subprocess.run(["sox", str(wav), str(flac)], check=True)
+    rows = [ManifestRow("w", f"{wav}:1600:8000", 48, "x", "", "x", "en", "en"),
+            ManifestRow("f", f"{flac}:1600:8000", 48, "x", "", "x", "en", "en"),
+            ManifestRow("bad", str(tmp_path / "missing.wav"), 48, "x", "", "x", "en", "en")]
+    write_manifest(tmp_path / "m.tsv", rows)
+    ds = SpeechDataset([tmp_path / "m.tsv"], _tokenizer(corpus), DataOptions(max_tokens=1000))
+    b = ds.collate(np.arange(3))
+    assert b.ids == ["w", "f"] and b.lengths.tolist() == [48, 48] and "missing.wav" in b.failed[0]
+    torch.testing.assert_close(b.features[0], b.features[1], atol=1e-3, rtol=0)  # flac is lossless
+    full = SpeechDataset([corpus["manifest"]], _tokenizer(corpus), DataOptions(max_tokens=600), stage=2)
+    plan = [(1, i, items) for i, items in enumerate(full.batches(1))]
+    a = list(iterate(full, plan, augment=True, seed=3, num_workers=0))
+    w = list(iterate(full, plan, augment=True, seed=3, num_workers=2))
+    assert [x[2].ids for x in a] == [x[2].ids for x in w] and [x[2].task for x in a] == [x[2].task for x in w]
+    assert all(torch.equal(x[2].features, y[2].features) for x, y in zip(a, w))
