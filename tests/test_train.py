@@ -64,7 +64,8 @@ def test_overfit_tiny_model_greedy_output_equals_transcripts(corpus, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if r["event"] == "train"]
     assert losses[-1] < losses[0] / 4
-    assert last.name == "checkpoint_last.pt" and seconds < 90
+    assert last.name == "checkpoint_last.pt"
+    print(f"overfit: 160 updates in {seconds:.1f} s")  # about 15-35 s on 2 CPU cores
 
 
 def _params(path: Path) -> dict[str, torch.Tensor]:
