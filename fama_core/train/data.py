@@ -21,7 +21,7 @@ import torch
 
 from fama_core.features import compute_features, spec_augment, utterance_cmvn
 from fama_core.manifest import ManifestRow, n_frames_for_samples, read_manifest, write_manifest
-from fama_core.tokenizer import Tokenizer
+from fama_core.tokenizer import PAD, Tokenizer
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 
@@ -52,7 +52,7 @@ class Batch:
     @property
     def sample_size(self) -> int:
         """fairseq's gradient denominator: transcript tokens with one </s> each."""
-        return int(self.transcript.ne(1).sum())
+        return int(self.transcript.ne(PAD).sum())
 
     @property
     def frames(self) -> int:

@@ -10,6 +10,7 @@ same global batch split over more workers, takes the same steps.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
@@ -151,7 +152,8 @@ def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # generous timeout: the other workers wait at a barrier while rank 0 validates
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     rank = dist.get_rank() if world > 1 else 0
     return Dist(rank, world, local), dev
 
