@@ -47,6 +47,7 @@ class TranscribeOptions:
     batch_seconds: float = 480.0  # memory budget: padded audio seconds per batch
     pool_seconds: float = 900.0  # audio pooled (across files) and sorted by length before batching
     detect_seconds: float = 30.0  # speech used to detect the language
+    readers: int = 2  # files decoded and VAD-split in parallel (hides ffmpeg start-up on many short files)
 
 
 class TranscribeError(Exception):
@@ -79,12 +80,19 @@ class _File:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
+def _features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded features, computed one chunk at a time: batched fbank's temporaries are ~30x the audio."""
+    feats = [compute_features([a], device=model.device)[0][0] for a in audios]
+    lengths = torch.tensor([len(f) for f in feats], device=model.device)
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(model.dtype), lengths
+
+
 @torch.no_grad()
 def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int],
                   options: DecodeOptions) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms."""
-    feats, lengths = compute_features(audios, device=model.device)
-    enc = model.encode(feats.to(model.dtype), lengths)
+    feats, lengths = _features(audios, model)
+    enc = model.encode(feats, lengths)
     langs = torch.tensor(lang_ids, device=model.device)
     tokens = [h[0].tokens if h else [] for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
     log_probs = F.log_softmax(model.ctc_logits(enc, langs).float(), dim=-1)
@@ -96,8 +104,8 @@ def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[i
 def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.Tensor],
                     languages: list[str]) -> torch.Tensor:
     """[B, len(languages)] log-probabilities the decoder gives each language tag right after `</s>`."""
-    feats, lengths = compute_features(audios, device=model.device)
-    enc = model.encode(feats.to(model.dtype), lengths)
+    feats, lengths = _features(audios, model)
+    enc = model.encode(feats, lengths)
     cache = model.decoder.init_cache(enc)
     eos = torch.full((len(audios),), tokenizer.eos, device=model.device)
     log_probs = F.log_softmax(model.decoder.step(eos, cache).float(), dim=-1)
@@ -171,9 +179,11 @@ def _waveform_blocks(source: Any, block_seconds: float) -> Iterator[np.ndarray]:
         yield wave[i:i + step]
 
 
-def _reader(files: list[_File], options: TranscribeOptions, out: queue.Queue, stop: threading.Event) -> None:
+def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOptions, out: queue.Queue,
+            stop: threading.Event) -> None:
     """Thread: decode each file's media, cut it at pauses, and queue (file index, chunk) then (index, None)."""
-    for i, f in enumerate(files):
+    for i in next_file:
+        f = files[i]
         if stop.is_set():
             return
 
@@ -223,10 +233,14 @@ class Pipeline:
         fixed = None if o.language == "auto" else tok.lang_tag_id(o.language)
         files = [_File(it, it.path if sources is None else sources[i], fixed, None if fixed is None else o.language)
                  for i, it in enumerate(items)]
-        chunks: queue.Queue = queue.Queue(maxsize=256)
+        chunks: queue.Queue = queue.Queue(maxsize=8)  # the reader stays at most a few chunks ahead
         stop = threading.Event()
-        reader = threading.Thread(target=_reader, args=(files, o, chunks, stop), daemon=True)
-        reader.start()
+        next_file = iter(range(len(files)))  # shared by the readers; next() on a range iterator is atomic
+        readers = [threading.Thread(target=_reader, args=(files, next_file, o, chunks, stop), daemon=True)
+                   for _ in range(max(1, min(o.readers, len(files))))]
+        for reader in readers:
+            reader.start()
+        running = len(readers)
         pool: list[tuple[int, int, torch.Tensor]] = []  # file index, chunk index, audio
         pooled, reading = 0.0, True
         try:
@@ -234,8 +248,9 @@ class Pipeline:
                 while reading and pooled < o.pool_seconds:
                     msg = chunks.get()
                     if msg is None:
-                        reading = False
-                        break
+                        running -= 1
+                        reading = running > 0
+                        continue
                     i, chunk = msg
                     f = files[i]
                     if chunk is None:
@@ -253,7 +268,7 @@ class Pipeline:
                 pool, pooled = [], 0.0
         finally:
             stop.set()
-            while reader.is_alive():  # unblock the reader so it can see `stop`
+            while any(r.is_alive() for r in readers):  # unblock the readers so they can see `stop`
                 try:
                     chunks.get(timeout=0.1)
                 except queue.Empty:

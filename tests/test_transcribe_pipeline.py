@@ -67,12 +67,16 @@ def test_batches_mix_files_sorted_by_length_within_budget(tiny, monkeypatch):
 
 def test_files_finish_as_their_chunks_are_done(tiny, monkeypatch):
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
-    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: [([], []) for _ in audios])
+    calls = []
+    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: calls.append(1) or [([], [])] * len(audios))
     sources = waves(*[3.0] * 6)
     items = [InputFile(f"f{i}") for i in range(6)]
-    opts = TranscribeOptions(language="en", pool_seconds=5.0)  # pools hold about 2 files at a time
-    order = [r.item.path for r in Pipeline(*tiny, opts).run(items, sources)]
-    assert order == [it.path for it in items]
+    opts = TranscribeOptions(language="en", pool_seconds=5.0, readers=1)  # pools hold about 2 files at a time
+    done = [(r.item.path, len(calls)) for r in Pipeline(*tiny, opts).run(items, sources)]
+    assert [path for path, _ in done] == [it.path for it in items]
+    assert done[0][1] < done[-1][1]  # the first file was out before the last was decoded
+    opts.readers = 3
+    assert sorted(r.item.path for r in Pipeline(*tiny, opts).run(items, sources)) == [it.path for it in items]
 
 
 def test_language_auto_uses_the_higher_tag_score(tiny, monkeypatch):
