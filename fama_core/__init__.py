@@ -6,6 +6,10 @@ The library API mirrors the command line:
     segments = fama_core.transcribe("lecture.mp4", model="fama-small", language="it")
     segments = fama_core.translate("talk.mp3", model="fama-small", to="en")
     report = fama_core.evaluate("test.tsv", model="fama-small", task="asr")
+    run_dir = fama_core.train(fama_core.TrainOptions(...)); fama_core.average(...)
+
+As in openai-whisper, `transcribe`, `evaluate` and `train` name the functions here; their modules stay
+importable as `fama_core.transcribe`, `fama_core.evaluate`, `fama_core.train.*` with `from ... import`.
 """
 
 from .checkpoints import CheckpointError, load_model, save_model
@@ -14,6 +18,7 @@ from .decoding import DecodeOptions, Hypothesis, decode, forced_align
 from .evaluate import evaluate
 from .model import FamaModel
 from .tokenizer import Tokenizer
+from .train import TrainOptions, average, train
 from .transcribe import TranscribeOptions, transcribe, translate
 
 __all__ = [
@@ -23,13 +28,16 @@ __all__ = [
     "Hypothesis",
     "ModelConfig",
     "Tokenizer",
+    "TrainOptions",
     "TranscribeOptions",
+    "average",
     "decode",
     "evaluate",
     "forced_align",
     "load_model",
     "preset",
     "save_model",
+    "train",
     "transcribe",
     "translate",
 ]
