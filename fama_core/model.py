@@ -54,13 +54,14 @@ def decoder_positions_table(n_positions: int, dim: int, padding_idx: int, device
     return table
 
 
-def relative_shift_index(lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]:
-    """Gather index and validity mask that perform FBK's padding-safe relative shift for every row at once.
+def relative_shift_index(lengths: Tensor, max_len: int) -> Tensor:
+    """Gather index that performs FBK's padding-safe relative shift for every row of a padded batch at once.
 
     FBK shifts each utterance on its own length L: pad a zero column, view the L x (L+1) scores as
     (L+1) x L and drop the first row. Element (i, j) of the result is therefore the flat element
-    k = L + i*L + j of the zero-padded matrix: column c = k mod (L+1) (zero when c == 0) of row k div (L+1).
-    Returns index [B, T*T] into the flattened [T, T] scores and a [B, T, T] mask of the nonzero entries.
+    k = L + i*L + j of the zero-padded matrix: column c = k mod (L+1) of row k div (L+1), which is the
+    inserted zero exactly when j == i + 1 (the superdiagonal). Returns an index [B, T*T] into the flattened
+    [T, T] scores; the caller zeroes the superdiagonal. Entries outside the utterance are masked later.
     """
     T = max_len
     L = lengths.view(-1, 1, 1)
@@ -69,9 +70,7 @@ def relative_shift_index(lengths: Tensor, max_len: int) -> tuple[Tensor, Tensor]
     k = L + i * L + j
     row = torch.div(k, L + 1, rounding_mode="floor")
     col = k - row * (L + 1)
-    valid = (col > 0) & (i < L) & (j < L)
-    index = torch.where(valid, row * T + col - 1, torch.zeros_like(k))
-    return index.view(lengths.shape[0], T * T), valid
+    return (row * T + col - 1).clamp_(0, T * T - 1).view(lengths.shape[0], T * T)
 
 
 # ----------------------------------------------------------------------------------------------- encoder
@@ -133,7 +132,7 @@ class RelativeMultiHeadAttention(nn.Module):
         nn.init.xavier_uniform_(self.u_bias)
         nn.init.xavier_uniform_(self.v_bias)
 
-    def forward(self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, shift: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         q = self.query_proj(x).view(B, T, H, D)
@@ -141,10 +140,9 @@ class RelativeMultiHeadAttention(nn.Module):
         v = self.value_proj(x).view(B, T, H, D).transpose(1, 2)
         p = self.pos_proj(pos).view(T, H, D).permute(1, 2, 0)  # H x D x T
         pos_score = torch.matmul((q + self.v_bias).transpose(1, 2), p)  # B x H x T x T
-        index, valid = shift
-        pos_score = pos_score.reshape(B, H, T * T).gather(2, index.unsqueeze(1).expand(B, H, T * T))
-        bias = pos_score.view(B, H, T, T).masked_fill(~valid.unsqueeze(1), 0.0) / math.sqrt(self.dim)
-        bias = bias.masked_fill(mask.unsqueeze(1), ATTENTION_MASK_FILL)
+        bias = pos_score.reshape(B, H, T * T).gather(2, shift.unsqueeze(1).expand(B, H, T * T)).view(B, H, T, T)
+        torch.diagonal(bias, offset=1, dim1=2, dim2=3).zero_()
+        bias.mul_(1.0 / math.sqrt(self.dim)).masked_fill_(mask.unsqueeze(1), ATTENTION_MASK_FILL)
         context = F.scaled_dot_product_attention(
             (q + self.u_bias).transpose(1, 2),
             k,
@@ -163,7 +161,7 @@ class MultiHeadedSelfAttentionModule(nn.Module):
         self.attention = RelativeMultiHeadAttention(cfg.d_model, cfg.encoder_heads, cfg.attention_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, shift: Tensor, mask: Tensor) -> Tensor:
         return self.dropout(self.attention(self.layer_norm(x), pos, shift, mask))
 
 
@@ -201,7 +199,7 @@ class ConformerEncoderLayer(nn.Module):
         self.layernorm = nn.LayerNorm(cfg.d_model)
 
     def forward(
-        self, x: Tensor, pos: Tensor, shift: tuple[Tensor, Tensor], attn_mask: Tensor, padding_mask: Tensor
+        self, x: Tensor, pos: Tensor, shift: Tensor, attn_mask: Tensor, padding_mask: Tensor
     ) -> Tensor:
         x = x + 0.5 * self.first_feed_forward(x)
         x = x + self.attention(x, pos, shift, attn_mask)
