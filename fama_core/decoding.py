@@ -107,12 +107,13 @@ class CtcPrefixScorer:
     """
 
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int):
+        """log_probs [B, T, V] float32 CTC log-posteriors; it is modified in place (padded frames become -inf)."""
         self.blank, self.eos = blank, eos
-        B, T, V = log_probs.shape
+        T = log_probs.shape[1]
         pad = (torch.arange(T, device=log_probs.device)[None, :] >= lengths[:, None])[:, :, None]
-        self.x = log_probs.float().masked_fill(pad, 0.0)  # B x T x V (padding: finite, never used)
-        self.x_max = log_probs.float().masked_fill(pad, -math.inf).amax(1, keepdim=True)  # B x 1 x V
-        self.x_exp = torch.exp(self.x - self.x_max).masked_fill_(pad, 0.0)  # column-shifted posteriors
+        self.x = log_probs.float().masked_fill_(pad, -math.inf)  # B x T x V
+        self.x_max = self.x.amax(1, keepdim=True)  # B x 1 x V (frame 0 is always real)
+        self.x_exp = torch.exp(self.x - self.x_max)  # column-shifted posteriors; 0 on padded frames
         self.lengths = lengths
         self.frames = torch.arange(T, device=log_probs.device)
         self.exact_fallbacks = 0  # entries recomputed in float64 (diagnostics)

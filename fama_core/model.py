@@ -450,9 +450,13 @@ class FamaModel(nn.Module):
         self.decoder = TransformerDecoder(cfg)
         self.auxiliary_decoder = CtcDecoder(cfg)
 
-    def encode(self, features: Tensor, lengths: Tensor, return_states: bool = False) -> EncoderOutput:
-        """features [B, T, input_dim] (utterance-CMVN fbank, zero-padded), lengths [B] -> EncoderOutput."""
-        return self.encoder(features, lengths, return_states=return_states)
+    def encode(self, features: Tensor, lengths: Tensor, return_states: bool = False,
+               inter_ctc: bool = False) -> EncoderOutput:
+        """features [B, T, input_dim] (utterance-CMVN fbank, zero-padded), lengths [B] -> EncoderOutput.
+
+        The intermediate CTC head only serves training; `inter_ctc=True` computes its logits too.
+        """
+        return self.encoder(features, lengths, return_states=return_states, ctc_inter=inter_ctc)
 
     def ctc_logits(self, enc: EncoderOutput, lang_ids: Tensor) -> Tensor:
         """Top CTC logits [B, T', V] conditioned on each row's language tag id [B]; padded frames are 0."""
@@ -460,7 +464,7 @@ class FamaModel(nn.Module):
 
     def forward(self, features: Tensor, lengths: Tensor, prev_tokens: Tensor) -> tuple[Tensor, Tensor, EncoderOutput]:
         """Training forward: (decoder logits, top CTC logits, encoder output). prev_tokens[:, 1] is the lang tag."""
-        enc = self.encode(features, lengths)
+        enc = self.encode(features, lengths, inter_ctc=True)
         return self.decoder(prev_tokens, enc), self.ctc_logits(enc, prev_tokens[:, 1]), enc
 
     @property

@@ -49,7 +49,7 @@ def test_single_utterance_outputs(case, source):
     model: FamaModel = models[source]
     for i in range(n_inputs(inputs)):
         feats = torch.from_numpy(inputs[f"feats_{i}"])[None]
-        enc = model.encode(feats, torch.tensor([feats.shape[1]]), return_states=True)
+        enc = model.encode(feats, torch.tensor([feats.shape[1]]), return_states=True, inter_ctc=True)
         assert int(enc.lengths[0]) == int(outputs[f"in{i}_enc_out_length"])
         check(enc.out[0], outputs[f"in{i}_enc_out"], f"in{i} encoder output")
         check(torch.stack([s[0] for s in enc.states]), outputs[f"in{i}_enc_states"], f"in{i} encoder states")
@@ -93,7 +93,7 @@ def test_padded_batch_equals_reference_and_single(case, source):
     feats = [torch.from_numpy(inputs[f"feats_{i}"]) for i in range(n_inputs(inputs))]
     lengths = torch.tensor([f.shape[0] for f in feats])
     assert lengths.tolist() == outputs["batch_src_lengths"].tolist()
-    enc = model.encode(torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths)
+    enc = model.encode(torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths, inter_ctc=True)
     prev = torch.from_numpy(outputs["batch_prev_output_tokens"])
     dec = model.decoder(prev, enc)
     ctc = model.ctc_logits(enc, prev[:, 1])
