@@ -156,3 +156,18 @@ def test_pull_from_hub_then_offline_then_unreachable(tmp_path, tiny):
     r = fama("pull", "fama-medium", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "2"})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "FBK-MT/fama-medium" in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_load_model_in_half_precision_runs_close_to_fp32(tiny, dtype):
+    ref, model, _, folder = tiny
+    half, _ = load_model(folder, device="cpu", dtype=dtype)
+    assert half.dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    feats = torch.randn(2, 120, 80)
+    lengths = torch.tensor([120, 90])
+    with torch.no_grad():
+        full = model.eval().ctc_logits(model.encode(feats, lengths), torch.tensor([4, 5]))
+        low = half.ctc_logits(half.encode(feats.to(half.dtype), lengths), torch.tensor([4, 5]))
+    assert torch.isfinite(low).all()
+    assert float((low.float() - full).abs().max()) < 0.25 * float(full.abs().max())
+    assert (low.float().argmax(-1) == full.argmax(-1)).float().mean() > 0.9
