@@ -352,9 +352,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- steps
 
-    def _forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _forward(self, batch: Batch, net: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Losses of a batch through `net` (default: the DDP-wrapped training network)."""
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            dec, ctc_top, enc = self.net(batch.features, batch.lengths, batch.prev_tokens)
+            dec, ctc_top, enc = (net or self.net)(batch.features, batch.lengths, batch.prev_tokens)
         cfg = self.model.cfg
         return fama_loss(dec, ctc_top, enc.ctc_inter_logits, enc.lengths, batch.target, batch.transcript,
                          self.opts.loss, cfg.pad, cfg.eos, cfg.blank, cfg.src_blank)
@@ -520,7 +521,7 @@ class Trainer:
                 b = data.collate(items, t).to(self.device)
                 if len(b) == 0:
                     continue
-                out = self._forward_eval(b)
+                out = self._forward(b, self.model)
                 sums[t] += float(out["loss"])
                 sample_size[t] += b.sample_size
         record: dict[str, Any] = {"event": "valid", "update": self.num_updates}
@@ -531,13 +532,6 @@ class Trainer:
         self.log(record)
         self.dist.barrier()
         return record
-
-    def _forward_eval(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            dec, ctc_top, enc = self.model(batch.features, batch.lengths, batch.prev_tokens)
-        cfg = self.model.cfg
-        return fama_loss(dec, ctc_top, enc.ctc_inter_logits, enc.lengths, batch.target, batch.transcript,
-                         self.opts.loss, cfg.pad, cfg.eos, cfg.blank, cfg.src_blank)
 
     def _decode_scores(self, batches: list[np.ndarray], tasks: list[str]) -> dict[str, float]:
         from fama_core.decoding import DecodeOptions, decode
