@@ -90,8 +90,8 @@ def encoder_matmul_flops(cfg, batch: int, frames: int) -> dict[str, float]:
     """Multiply-add FLOPs (2 per MAC) of the encoder's matrix products for `batch` rows of `frames` input frames.
 
     Counts the subsampler convolutions, every Linear / pointwise conv, the depthwise conv, the relative-position
-    projection and the three T x T attention products (positional scores, QK^T, AV), and the intermediate CTC
-    projection (model.encode computes it). Elementwise work (norms, activations, softmax) is not counted.
+    projection and the three T x T attention products (positional scores, QK^T, AV). The intermediate CTC
+    projection is not counted: inference (model.encode) skips it. Elementwise work is not counted either.
     """
     d, H = cfg.d_model, cfg.encoder_heads
     t, sub = frames, 0.0
@@ -107,12 +107,10 @@ def encoder_matmul_flops(cfg, batch: int, frames: int) -> dict[str, float]:
     attn = 3 * 2.0 * B * H * T * T * (d // H)  # positional scores, QK^T, AV
     conv = 2.0 * B * T * d * 2 * d + 2.0 * B * T * d * cfg.conv_kernel + 2.0 * B * T * d * d
     per_layer = ffn + proj + attn + conv
-    ctc = 2.0 * B * T * d * cfg.src_vocab_size if 0 < cfg.ctc_encoder_layer <= cfg.encoder_layers else 0.0
     return {
         "subsampler": sub,
         "layers": per_layer * cfg.encoder_layers,
-        "intermediate_ctc": ctc,
-        "total": sub + per_layer * cfg.encoder_layers + ctc,
+        "total": sub + per_layer * cfg.encoder_layers,
         "frames_out": float(T),
     }
 
@@ -382,7 +380,7 @@ def main(argv=None) -> int:
           f"steps) {med_beam:.2f} s")
     print(f"encoder matmul FLOPs: {fl['total'] / 1e9:.1f} GFLOP as computed on the padded batch "
           f"({B} x {int(fl['frames_out'])} frames: subsampler {fl['subsampler'] / 1e9:.1f}, conformer layers "
-          f"{fl['layers'] / 1e9:.1f}, intermediate CTC projection {fl['intermediate_ctc'] / 1e9:.1f}); "
+          f"{fl['layers'] / 1e9:.1f}; the intermediate CTC head is not run at inference); "
           f"{useful / 1e9:.1f} GFLOP on the unpadded frames")
     print(f"encoder achieved {achieved / 1e9:.1f} GFLOP/s; machine matmul ({args.threads} threads, "
           f"[1024x1024]@[1024x4096], best of 16 in this run): fp32 {peak32 / 1e9:.1f} GFLOP/s, "
