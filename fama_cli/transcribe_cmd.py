@@ -25,7 +25,28 @@ OutputDir = Annotated[str | None, typer.Option("--output-dir", "-o", help="Folde
                                                "each input); - writes the one chosen format to stdout")]
 Formats = Annotated[list[str] | None, typer.Option("--format", "-f", help="txt, srt, vtt, tsv, json or all; "
                                                    "repeatable")]
-Flag = Annotated[bool, typer.Option()]
+# Options shared by `transcribe` and `translate`, declared once.
+TxtOpt = Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")]
+SrtOpt = Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")]
+VttOpt = Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")]
+TsvOpt = Annotated[bool, typer.Option("--tsv", help="Write .tsv (start, end in ms, text)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Write .json (segments, words, times, language, model, "
+                                                      "options)")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of folder inputs")]
+SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs")]
+BeamSizeOpt = Annotated[int, typer.Option(help="Beam width")]
+CtcWeightOpt = Annotated[float, typer.Option(help="Weight of the CTC prefix score in joint decoding")]
+NoRepeatNgramSizeOpt = Annotated[int, typer.Option(help="Forbid repeating n-grams of this size (0: off)")]
+GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")]
+MaxTokensOpt = Annotated[int, typer.Option(help="Most output tokens per speech chunk")]
+BatchSizeOpt = Annotated[int, typer.Option(help="Most speech chunks decoded at once")]
+MaxChunkSecondsOpt = Annotated[float, typer.Option(help="Longest speech chunk fed to the model")]
+MaxLineWidthOpt = Annotated[int, typer.Option(help="Characters per subtitle line")]
+MaxLineCountOpt = Annotated[int, typer.Option(help="Lines per subtitle cue")]
+MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue")]
+LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")]
 
 
 @dataclasses.dataclass
@@ -220,28 +241,26 @@ def transcribe(
     dtype: Dtype = "float32",
     output_dir: OutputDir = None,
     fmt: Formats = None,
-    txt: Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")] = False,
-    srt: Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")] = False,
-    vtt: Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")] = False,
-    tsv: Annotated[bool, typer.Option("--tsv", help="Write .tsv (start, end in ms, text)")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write .json (segments, words, times, language, "
-                                        "model, options)")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of folder inputs")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist")]
-    = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs")] = False,
-    beam_size: Annotated[int, typer.Option(help="Beam width")] = 5,
-    ctc_weight: Annotated[float, typer.Option(help="Weight of the CTC prefix score in joint decoding")] = 0.2,
-    no_repeat_ngram_size: Annotated[int, typer.Option(help="Forbid repeating n-grams of this size (0: off)")] = 5,
-    greedy: Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")] = False,
-    max_tokens: Annotated[int, typer.Option(help="Most output tokens per speech chunk")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Most speech chunks decoded at once")] = 16,
-    max_chunk_seconds: Annotated[float, typer.Option(help="Longest speech chunk fed to the model")] = 30.0,
-    max_line_width: Annotated[int, typer.Option(help="Characters per subtitle line")] = 42,
-    max_line_count: Annotated[int, typer.Option(help="Lines per subtitle cue")] = 2,
-    max_cue_seconds: Annotated[float, typer.Option(help="Longest subtitle cue")] = 7.0,
-    local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Never download the model")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
+    txt: TxtOpt = False,
+    srt: SrtOpt = False,
+    vtt: VttOpt = False,
+    tsv: TsvOpt = False,
+    json_: JsonOpt = False,
+    recursive: RecursiveOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    overwrite: OverwriteOpt = False,
+    beam_size: BeamSizeOpt = 5,
+    ctc_weight: CtcWeightOpt = 0.2,
+    no_repeat_ngram_size: NoRepeatNgramSizeOpt = 5,
+    greedy: GreedyOpt = False,
+    max_tokens: MaxTokensOpt = 200,
+    batch_size: BatchSizeOpt = 16,
+    max_chunk_seconds: MaxChunkSecondsOpt = 30.0,
+    max_line_width: MaxLineWidthOpt = 42,
+    max_line_count: MaxLineCountOpt = 2,
+    max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    local_files_only: LocalFilesOnlyOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     if lang not in ("en", "it", "auto"):
@@ -260,28 +279,26 @@ def translate(
     dtype: Dtype = "float32",
     output_dir: OutputDir = None,
     fmt: Formats = None,
-    txt: Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")] = False,
-    srt: Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")] = False,
-    vtt: Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")] = False,
-    tsv: Annotated[bool, typer.Option("--tsv", help="Write .tsv (start, end in ms, text)")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write .json (segments, words, times, language, "
-                                        "model, options)")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of folder inputs")] = False,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist")]
-    = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs")] = False,
-    beam_size: Annotated[int, typer.Option(help="Beam width")] = 5,
-    ctc_weight: Annotated[float, typer.Option(help="Weight of the CTC prefix score in joint decoding")] = 0.2,
-    no_repeat_ngram_size: Annotated[int, typer.Option(help="Forbid repeating n-grams of this size (0: off)")] = 5,
-    greedy: Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")] = False,
-    max_tokens: Annotated[int, typer.Option(help="Most output tokens per speech chunk")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Most speech chunks decoded at once")] = 16,
-    max_chunk_seconds: Annotated[float, typer.Option(help="Longest speech chunk fed to the model")] = 30.0,
-    max_line_width: Annotated[int, typer.Option(help="Characters per subtitle line")] = 42,
-    max_line_count: Annotated[int, typer.Option(help="Lines per subtitle cue")] = 2,
-    max_cue_seconds: Annotated[float, typer.Option(help="Longest subtitle cue")] = 7.0,
-    local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Never download the model")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
+    txt: TxtOpt = False,
+    srt: SrtOpt = False,
+    vtt: VttOpt = False,
+    tsv: TsvOpt = False,
+    json_: JsonOpt = False,
+    recursive: RecursiveOpt = False,
+    skip_existing: SkipExistingOpt = False,
+    overwrite: OverwriteOpt = False,
+    beam_size: BeamSizeOpt = 5,
+    ctc_weight: CtcWeightOpt = 0.2,
+    no_repeat_ngram_size: NoRepeatNgramSizeOpt = 5,
+    greedy: GreedyOpt = False,
+    max_tokens: MaxTokensOpt = 200,
+    batch_size: BatchSizeOpt = 16,
+    max_chunk_seconds: MaxChunkSecondsOpt = 30.0,
+    max_line_width: MaxLineWidthOpt = 42,
+    max_line_count: MaxLineCountOpt = 2,
+    max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    local_files_only: LocalFilesOnlyOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if to not in ("en", "it"):
