@@ -24,13 +24,6 @@ def lengths_to_padding_mask(lengths: Tensor, max_len: int | None = None) -> Tens
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
 
 
-def subsampled_lengths(lengths: Tensor, n_layers: int = 2) -> Tensor:
-    """Frames after `n_layers` stride-2 convolutions (kernel 5, padding 2): floor((L-1)/2)+1 each."""
-    for _ in range(n_layers):
-        lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
-    return lengths
-
-
 def relative_positions_table(length: int, dim: int, device=None) -> Tensor:
     """Interleaved sin/cos table of the conformer attention ([length, dim], float32)."""
     position = torch.arange(0, length, dtype=torch.float, device=device).unsqueeze(1)
@@ -217,14 +210,6 @@ class EncoderOutput:
     lengths: Tensor
     ctc_inter_logits: Tensor | None = None
     states: list[Tensor] = field(default_factory=list)
-
-    def select(self, index: Tensor) -> EncoderOutput:
-        """Rows `index` of the batch (for beams or for dropping finished utterances)."""
-        return EncoderOutput(
-            self.out.index_select(0, index),
-            self.padding_mask.index_select(0, index),
-            self.lengths.index_select(0, index),
-        )
 
 
 class ConformerEncoder(nn.Module):
