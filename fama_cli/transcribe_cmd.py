@@ -19,7 +19,8 @@ FORMAT_NAMES = ("txt", "srt", "vtt", "tsv", "json")
 Inputs = Annotated[list[str], typer.Argument(help="Media files, folders, glob patterns, or - for stdin",
                                              show_default=False)]
 Model = Annotated[str, typer.Option("--model", "-m", help="Alias, Hugging Face repo id, model folder or .pt")]
-Device = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available)")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda (every visible GPU), cuda:1, or a list such as "
+                                                 "cuda:0,cuda:2 (default: every GPU, else the CPU)")]
 Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16")]
 OutputDir = Annotated[str | None, typer.Option("--output-dir", "-o", help="Folder for the outputs (default: beside "
                                                "each input); - writes the one chosen format to stdout")]
@@ -106,7 +107,7 @@ def _execute(r: _Run) -> None:
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import assign_output_stems, expand_inputs, shard, torchrun_rank
     from fama_core.subtitles import SubtitleOptions, format_transcript, write_transcript
-    from fama_core.transcribe import Pipeline, TranscribeOptions
+    from fama_core.transcribe import Pipeline, TranscribeOptions, resolve_devices
     from fama_core.vad import VadOptions
 
     if r.skip_existing and r.overwrite:
@@ -142,6 +143,10 @@ def _execute(r: _Run) -> None:
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
+    try:
+        devices = resolve_devices(device)
+    except (RuntimeError, ValueError) as e:
+        raise fail(f"--device: {e}", 2) from None
     who = f"[rank {rank}/{world}] " if world > 1 else ""
 
     todo, skipped, failed, done = [], 0, 0, 0
@@ -158,7 +163,7 @@ def _execute(r: _Run) -> None:
     seconds, started = 0.0, time.perf_counter()
     if todo:
         try:
-            model, tokenizer = load_model(r.model, device=device, dtype=r.dtype,
+            model, tokenizer = load_model(r.model, device=devices[0], dtype=r.dtype,
                                           local_files_only=r.local_files_only or None)
         except (CheckpointError, ValueError, OSError) as e:
             raise fail(f"cannot load model {r.model}: {e}") from None
@@ -171,7 +176,7 @@ def _execute(r: _Run) -> None:
             batch_size=r.batch_size,
         )
         try:
-            pipeline = Pipeline(model, tokenizer, options, model_name=r.model)
+            pipeline = Pipeline(model, tokenizer, options, model_name=r.model, devices=devices)
         except ValueError as e:
             raise fail(str(e), 2) from None
         subs = SubtitleOptions(r.max_line_width, r.max_line_count, r.max_cue_seconds)

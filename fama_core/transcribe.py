@@ -3,12 +3,14 @@
 A reader thread decodes the media (streamed, never whole in memory) and cuts it at pauses into chunks of
 at most `vad.max_chunk_s`. The main thread pools chunks of many files (up to `pool_seconds` of
 audio), sorts them by length and decodes them in batches within a memory budget (`batch_size` chunks,
-`batch_seconds` of padded audio). Each output token is timed by CTC forced alignment against the top CTC
-head, and a file's `Transcript` is yielded as soon as its last chunk is decoded.
+`batch_seconds` of padded audio); with several devices, one thread per device takes the next batch from
+the pool, each with its own copy of the model. Each output token is timed by CTC forced alignment against
+the top CTC head, and a file's `Transcript` is yielded as soon as its last chunk is decoded.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import queue
 import re
@@ -125,6 +127,24 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, batch_sample
         yield batch
 
 
+def resolve_devices(spec: str | None) -> list[str]:
+    """Devices named by `--device`: None = every visible GPU, else the CPU; "cuda" = every visible GPU;
+    "cpu", "cuda:1" or a comma-separated list such as "cuda:0,cuda:2" = those. Raises ValueError."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec is None or not spec.strip():
+        return [f"cuda:{i}" for i in range(gpus)] or ["cpu"]
+    devices = []
+    for name in (d.strip() for d in spec.split(",")):
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
+        if device.type == "cuda" and (device.index or 0) >= gpus:
+            raise ValueError(f"{name}: no such GPU ({gpus} visible)")
+        devices += [f"cuda:{i}" for i in range(gpus)] if name == "cuda" else [name]
+    return devices
+
+
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -210,8 +230,12 @@ class Pipeline:
     """A loaded model with its options; `run` turns many inputs into transcripts."""
 
     def __init__(self, model: FamaModel, tokenizer: Tokenizer, options: TranscribeOptions | None = None,
-                 model_name: str = ""):
+                 model_name: str = "", devices: list[str] | None = None):
+        """`devices`: decode on each of these with its own copy of `model` (default: `model`'s device only)."""
         self.model, self.tokenizer = model, tokenizer
+        if devices and torch.device(devices[0]) != model.device:
+            model.to(devices[0])
+        self.replicas = [model] + [copy.deepcopy(model).to(d) for d in (devices or [])[1:]]
         self.options = options or TranscribeOptions()
         self.model_name = model_name
         o = self.options
@@ -274,22 +298,68 @@ class Pipeline:
                 except queue.Empty:
                     pass
 
+    def _map(self, fn: Callable[[FamaModel, list[int]], Any],
+             batches: Iterable[list[int]]) -> Iterator[tuple[list[int], Any, Exception | None]]:
+        """(batch, fn(replica, batch), None), or (batch, None, error), for each batch, as the replicas finish them."""
+        if len(self.replicas) == 1:
+            for b in batches:
+                try:
+                    yield b, fn(self.replicas[0], b), None
+                except Exception as e:
+                    yield b, None, e
+            return
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for b in batches:
+            todo.put(b)
+        done: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work(replica: FamaModel) -> None:
+            while True:
+                try:
+                    b = todo.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    done.put((b, fn(replica, b), None))
+                except Exception as e:
+                    done.put((b, None, e))
+            done.put(None)
+
+        workers = [threading.Thread(target=work, args=(r,), daemon=True) for r in self.replicas]
+        for w in workers:
+            w.start()
+        running = len(workers)
+        try:
+            while running:
+                msg = done.get()
+                if msg is None:
+                    running -= 1
+                else:
+                    yield msg
+        finally:  # stopped early: the workers finish their current batch and take no other
+            while True:
+                try:
+                    todo.get_nowait()
+                except queue.Empty:
+                    break
+
     def _decode_pool(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]],
                      progress: Callable[[float], None] | None) -> Iterator[FileResult]:
         o = self.options
         self._detect_languages(files, pool)
         lengths = [len(p[2]) for p in pool]
         order = sorted(range(len(pool)), key=lambda j: -lengths[j])
+        batches = [kept for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE))
+                   if (kept := [j for j in batch if files[pool[j][0]].error is None])]
+
+        def decode(model: FamaModel, batch: list[int]) -> list:
+            return self._decode_batch(model, [pool[j][2] for j in batch], [files[pool[j][0]].lang_id for j in batch])
+
         touched = set()
-        for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
-            batch = [j for j in batch if files[pool[j][0]].error is None]
-            if not batch:
-                continue
-            try:
-                results = self._decode_batch([pool[j][2] for j in batch], [files[pool[j][0]].lang_id for j in batch])
-            except Exception as e:
+        for batch, results, error in self._map(decode, batches):
+            if error is not None:
                 for j in batch:
-                    files[pool[j][0]].error = f"decoding failed: {type(e).__name__}: {e}"
+                    files[pool[j][0]].error = f"decoding failed: {type(error).__name__}: {error}"
                 results = []
             for j, r in zip(batch, results):
                 i, c, _ = pool[j]
@@ -302,17 +372,17 @@ class Pipeline:
             if f.read_done and not f.finished and (f.error or len(f.results) == len(f.chunks)):
                 yield self._finish(f)
 
-    def _decode_batch(self, audios: list[torch.Tensor], lang_ids: list[int]) -> list:
+    def _decode_batch(self, model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int]) -> list:
         try:
-            return decode_chunks(self.model, audios, lang_ids, self.options.decode)
+            return decode_chunks(model, audios, lang_ids, self.options.decode)
         except Exception as e:
             if not _is_oom(e) or len(audios) == 1:
                 raise
-            if self.model.device.type == "cuda":
+            if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(audios) // 2
-            first = self._decode_batch(audios[:half], lang_ids[:half])
-            return first + self._decode_batch(audios[half:], lang_ids[half:])
+            first = self._decode_batch(model, audios[:half], lang_ids[:half])
+            return first + self._decode_batch(model, audios[half:], lang_ids[half:])
 
     def _detect_languages(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]]) -> None:
         """Language of each auto file still undecided: sum of tag log-probs over its first speech chunks."""
@@ -328,16 +398,28 @@ class Pipeline:
             return
         lengths = [len(a) for _, a in picks]
         order = sorted(range(len(picks)), key=lambda j: -lengths[j])
-        for batch in _batches(order, lengths, self.options.batch_size, int(self.options.batch_seconds * SAMPLE_RATE)):
-            scores = language_scores(self.model, self.tokenizer, [picks[j][1] for j in batch], languages)
-            for j, row in zip(batch, scores):
-                f = files[picks[j][0]]
-                for lang, s in zip(languages, row.tolist()):
-                    f.detect_scores[lang] = f.detect_scores.get(lang, 0.0) + s
+        batches = _batches(order, lengths, self.options.batch_size, int(self.options.batch_seconds * SAMPLE_RATE))
+
+        def score(model: FamaModel, batch: list[int]) -> torch.Tensor:
+            return language_scores(model, self.tokenizer, [picks[j][1] for j in batch], languages)
+
+        rows: dict[int, list[float]] = {}
+        for batch, scores, error in self._map(score, batches):
+            for k, j in enumerate(batch):
+                if error is None:
+                    rows[j] = scores[k].tolist()
+                else:
+                    f = files[picks[j][0]]
+                    f.error = f.error or f"language detection failed: {type(error).__name__}: {error}"
+        for j in sorted(rows):  # summed in input order: the same totals however the batches were spread
+            f = files[picks[j][0]]
+            for lang, s in zip(languages, rows[j]):
+                f.detect_scores[lang] = f.detect_scores.get(lang, 0.0) + s
         for i in budget:
             f = files[i]
-            f.language = max(f.detect_scores, key=f.detect_scores.get)
-            f.lang_id = self.tokenizer.lang_tag_id(f.language)
+            if f.error is None:
+                f.language = max(f.detect_scores, key=f.detect_scores.get)
+                f.lang_id = self.tokenizer.lang_tag_id(f.language)
 
     def _finish(self, f: _File) -> FileResult:
         f.finished = True
@@ -366,16 +448,17 @@ class Pipeline:
 
 def _run_library(audio: Any, model: Any, options: TranscribeOptions, device: str | None,
                  dtype: str | None) -> Transcript | list[Transcript]:
+    devices = resolve_devices(device) if device is not None or isinstance(model, (str, Path)) else None
     if isinstance(model, (str, Path)):
         name = str(model)
-        model, tokenizer = load_model(model, device=device, dtype=dtype)
+        model, tokenizer = load_model(model, device=devices[0], dtype=dtype)
     else:
         model, tokenizer = model
         name = ""
     single = not isinstance(audio, (list, tuple))
     inputs = [audio] if single else list(audio)
     items = [InputFile(str(a) if isinstance(a, (str, Path)) else f"<array {k}>") for k, a in enumerate(inputs)]
-    results = {id(r.item): r for r in Pipeline(model, tokenizer, options, name).run(items, inputs)}
+    results = {id(r.item): r for r in Pipeline(model, tokenizer, options, name, devices).run(items, inputs)}
     out = []
     for it in items:
         r = results[id(it)]
@@ -398,7 +481,8 @@ def transcribe(audio: Any, model: Any = "fama-small", language: str = "auto", *,
     """Speech recognition of a media path, a 16 kHz mono waveform, or a list of them (-> a list).
 
     `model` is a name/path for `load_model` or a `(model, tokenizer)` pair; `language` is "en", "it" or
-    "auto"; extra keyword arguments set `DecodeOptions` fields (beam_size=1, greedy=True, ...).
+    "auto"; `device`: as `--device` ("cuda:0,cuda:1" decodes on both; default every GPU, else the CPU);
+    extra keyword arguments set `DecodeOptions` fields (beam_size=1, greedy=True, ...).
     """
     return _run_library(audio, model, _options("transcribe", language, options, decode_kwargs), device, dtype)
 

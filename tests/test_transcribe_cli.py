@@ -200,6 +200,19 @@ def test_torchrun_rank_takes_its_share(tiny, media, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cheetah_it.txt", "leopard_it.txt"]
 
 
+def test_several_devices_in_one_process(tiny, media, tmp_path):
+    files = [media / f for f in ["cheetah_en.wav", "leopard_en.wav"]]
+    outputs = []
+    for device, out in (("cpu", tmp_path / "one"), ("cpu,cpu", tmp_path / "two")):
+        code, _, err = run("transcribe", *files, "-o", out, "--txt", "--lang", "en", "--model", tiny,
+                           "--device", device, *FAST)
+        assert code == 0, err
+        outputs.append({p.name: p.read_text() for p in out.iterdir()})
+    assert outputs[0] == outputs[1] and sorted(outputs[0]) == ["cheetah_en.txt", "leopard_en.txt"]
+    code, _, err = run("transcribe", files[0], "--model", tiny, "--device", "gpu")
+    assert code == 2 and "--device: unknown device 'gpu'" in err
+
+
 @pytest.mark.parametrize("args", [
     ["--lang", "fr"],
     ["-f", "docx"],

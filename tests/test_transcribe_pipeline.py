@@ -156,3 +156,58 @@ def test_library_on_waveforms(tiny):
         tr.transcribe("/nonexistent.wav", tiny, "en")
     with pytest.raises(ValueError):
         tr.transcribe(silence, tiny, "fr")
+
+
+def test_several_devices_share_the_batches_and_give_the_same_transcripts(tiny, monkeypatch):
+    """One process, several devices: each replica decodes whole batches; the output is as with one device."""
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
+    sources = waves(5, 2, 4, 6, 3)
+    items = [InputFile(f"f{i}") for i in range(len(sources))]
+    opts = TranscribeOptions(language="en", decode=DecodeOptions(beam_size=2, max_len_b=8), batch_size=2)
+    real_decode = tr.decode_chunks
+    used = []
+
+    def counting_decode(model, audios, lang_ids, options):
+        used.append(id(model))
+        return real_decode(model, audios, lang_ids, options)
+
+    monkeypatch.setattr(tr, "decode_chunks", counting_decode)
+    texts = []
+    for devices in (None, ["cpu", "cpu"]):
+        used.clear()
+        pipeline = Pipeline(*tiny, opts, devices=devices)
+        res = sorted(pipeline.run(items, sources), key=lambda r: r.item.path)
+        assert not any(r.error for r in res)
+        texts.append([[(s.text, s.start, s.end) for s in r.transcript.segments] for r in res])
+        assert set(used) <= {id(m) for m in pipeline.replicas}
+    assert len(pipeline.replicas) == 2 and pipeline.replicas[1] is not tiny[0]
+    assert len(set(used)) == 2  # both replicas decoded batches (11 chunks in 6 batches)
+    assert texts[0] == texts[1] and any(texts[0])
+
+
+def test_a_failing_batch_on_one_device_fails_only_its_files(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(3.0))
+
+    def fake_decode(model, audios, lang_ids, options):
+        if any(abs(len(a) / 16000 - 1.0) < 1e-6 for a in audios):
+            raise RuntimeError("boom")
+        return [([], []) for _ in audios]
+
+    monkeypatch.setattr(tr, "decode_chunks", fake_decode)
+    sources = waves(3, 1, 3, 3)
+    items = [InputFile(f"f{i}") for i in range(4)]
+    opts = TranscribeOptions(language="en", batch_size=1)
+    res = {r.item.path: r for r in Pipeline(*tiny, opts, devices=["cpu", "cpu"]).run(items, sources)}
+    assert res["f1"].error == "decoding failed: RuntimeError: boom"
+    assert [res[f"f{i}"].error for i in (0, 2, 3)] == [None, None, None]
+
+
+def test_resolve_devices():
+    assert tr.resolve_devices("cpu") == ["cpu"]
+    assert tr.resolve_devices("cpu,cpu") == ["cpu", "cpu"]
+    if not torch.cuda.is_available():
+        assert tr.resolve_devices(None) == ["cpu"]
+        with pytest.raises(ValueError, match=r"cuda:1: no such GPU \(0 visible\)"):
+            tr.resolve_devices("cuda:1")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        tr.resolve_devices("gpu")
