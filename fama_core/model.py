@@ -122,6 +122,10 @@ class RelativeMultiHeadAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.empty(heads, self.head_dim))
         self.out_proj = nn.Linear(dim, dim)
         self.dropout = dropout
+        for proj in (self.query_proj, self.key_proj, self.value_proj, self.pos_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            if proj.bias is not None:
+                nn.init.zeros_(proj.bias)
         nn.init.xavier_uniform_(self.u_bias)
         nn.init.xavier_uniform_(self.v_bias)
 
@@ -276,6 +280,11 @@ class MultiheadAttention(nn.Module):
         self.v_proj = nn.Linear(kdim, dim)
         self.out_proj = nn.Linear(dim, dim)
         self.dropout = dropout
+        gain = 2**-0.5 if kdim == dim else 1.0  # fairseq's scaled initialisation when q, k, v have one width
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=gain)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
 
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         B, S, _ = x.shape

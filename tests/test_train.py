@@ -178,3 +178,26 @@ def test_presets_reproduce_fbk_commands():
             (1.0, 5.0, 2.0, 1)
         assert (o.save_interval_updates, o.keep_interval_updates, o.seed) == (1000, 25, 1)
     assert (small1.model, medium2.model) == ("small", "medium")
+
+
+def test_a_new_model_starts_from_fbk_initialisation():
+    """Attention projections as FBK's conformer (xavier, zero biases) and fairseq's MultiheadAttention
+    (xavier with gain 1/sqrt(2) for q/k/v, zero output bias); embeddings and output projection N(0, 1/d)."""
+    from fama_core.config import ModelConfig
+    from fama_core.model import FamaModel
+
+    torch.manual_seed(0)
+    d = 256
+    m = FamaModel(ModelConfig(d_model=d, decoder_dim=d, encoder_layers=2, decoder_layers=2, vocab_size=3000,
+                              src_vocab_size=3000, encoder_heads=4, decoder_heads=4))
+    xavier_std = (2 / (d + d)) ** 0.5
+    att = m.encoder.conformer_layers[0].attention.attention
+    for proj in (att.query_proj, att.key_proj, att.value_proj, att.pos_proj, att.out_proj):
+        assert abs(proj.weight.std().item() / xavier_std - 1) < 0.02
+        assert proj.bias is None or not proj.bias.any()
+    for attn in (m.decoder.layers[0].self_attn, m.decoder.layers[0].encoder_attn):
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+            assert abs(proj.weight.std().item() / (xavier_std * 2**-0.5) - 1) < 0.02
+        assert abs(attn.out_proj.weight.std().item() / xavier_std - 1) < 0.02 and not attn.out_proj.bias.any()
+    assert abs(m.decoder.embed_tokens.weight[4:].std().item() * d**0.5 - 1) < 0.02
+    assert abs(m.decoder.output_projection.weight.std().item() * d**0.5 - 1) < 0.02
