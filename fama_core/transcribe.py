@@ -105,13 +105,32 @@ def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[i
 @torch.no_grad()
 def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.Tensor],
                     languages: list[str]) -> torch.Tensor:
-    """[B, len(languages)] log-probabilities the decoder gives each language tag right after `</s>`."""
+    """[B, len(languages)]: log-likelihood, under the top CTC head conditioned on each language, of what the
+    intermediate CTC head reads in the audio.
+
+    The intermediate head is always trained on the spoken-language transcript; the top head, given a
+    language, writes that language (transcript or translation). Only the spoken language makes the two
+    agree. (The decoder's tag probability cannot tell: ASR+ST training puts both tags after any audio.)
+    """
+    if model.cfg.src_vocab_size != model.cfg.vocab_size:
+        raise ValueError("language detection needs the intermediate and top CTC heads to share a dictionary")
     feats, lengths = _features(audios, model)
-    enc = model.encode(feats, lengths)
-    cache = model.decoder.init_cache(enc)
-    eos = torch.full((len(audios),), tokenizer.eos, device=model.device)
-    log_probs = F.log_softmax(model.decoder.step(eos, cache).float(), dim=-1)
-    return log_probs[:, [tokenizer.lang_tag_id(lang) for lang in languages]].cpu()
+    enc = model.encode(feats, lengths, inter_ctc=True)
+    best = enc.ctc_inter_logits.argmax(-1).cpu()
+    blank = model.cfg.src_blank
+    reads = []
+    for row, n in zip(best, enc.lengths.tolist()):
+        path = torch.unique_consecutive(row[:n])
+        reads.append(path[path != blank])
+    targets = torch.cat(reads).to(model.device)
+    target_lengths = torch.tensor([len(r) for r in reads], device=model.device)
+    scores = []
+    for lang in languages:
+        tag = torch.full((len(audios),), tokenizer.lang_tag_id(lang), device=model.device)
+        log_probs = F.log_softmax(model.ctc_logits(enc, tag).float(), dim=-1).transpose(0, 1)
+        nll = F.ctc_loss(log_probs, targets, enc.lengths, target_lengths, blank=model.cfg.blank, reduction="none")
+        scores.append(-nll)
+    return torch.stack(scores, dim=1).cpu()
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, batch_samples: int) -> Iterator[list[int]]:
@@ -385,7 +404,7 @@ class Pipeline:
             return first + self._decode_batch(model, audios[half:], lang_ids[half:])
 
     def _detect_languages(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]]) -> None:
-        """Language of each auto file still undecided: sum of tag log-probs over its first speech chunks."""
+        """Language of each auto file still undecided: `language_scores` summed over its first speech chunks."""
         languages = self.tokenizer.languages
         picks: list[tuple[int, torch.Tensor]] = []
         budget: dict[int, float] = {}

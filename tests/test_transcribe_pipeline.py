@@ -104,20 +104,26 @@ def test_language_auto_uses_the_higher_tag_score(tiny, monkeypatch):
     assert seen[0.5] == tok.lang_tag_id("it") and seen[-0.5] == tok.lang_tag_id("en")
 
 
-def test_language_scores_are_the_decoder_tag_log_probs(tiny):
+def test_language_scores_are_ctc_agreement_log_likelihoods(tiny):
+    """Score of language L = log P_topCTC(what the intermediate CTC head reads | L), one utterance at a time."""
     model, tok = tiny
     audios = [torch.as_tensor(w) for w in waves(2, 3)]
     scores = language_scores(model, tok, audios, ["en", "it"])
     feats, lengths = tr.compute_features(audios)
-    enc = model.encode(feats, lengths)
     manual = []
     for i in range(2):
-        one = model.encode(feats[i:i + 1, :int(lengths[i])], lengths[i:i + 1])
         with torch.no_grad():
-            lp = F.log_softmax(model.decoder.step(torch.tensor([tok.eos]), model.decoder.init_cache(one)), -1)
-        manual.append([lp[0, tok.lang_tag_id("en")].item(), lp[0, tok.lang_tag_id("it")].item()])
-    assert enc.out.shape[0] == 2
-    assert torch.allclose(scores, torch.tensor(manual), atol=1e-4)
+            one = model.encode(feats[i:i + 1, :int(lengths[i])], lengths[i:i + 1], inter_ctc=True)
+            path = torch.unique_consecutive(one.ctc_inter_logits[0].argmax(-1))
+            read = path[path != model.cfg.src_blank]
+            row = []
+            for lang in ("en", "it"):
+                lp = F.log_softmax(model.ctc_logits(one, torch.tensor([tok.lang_tag_id(lang)])), -1)[0]
+                row.append(-F.ctc_loss(lp, read, [lp.shape[0]], [len(read)], blank=model.cfg.blank,
+                                       reduction="sum").item())
+        manual.append(row)
+    assert torch.allclose(scores, torch.tensor(manual), atol=1e-3)
+    assert scores[0, 0] != scores[0, 1]
 
 
 def test_batched_equals_one_by_one(tiny, monkeypatch):

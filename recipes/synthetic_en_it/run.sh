@@ -55,9 +55,9 @@ if [[ $SMOKE == 1 ]]; then
   : "${MAX_TOKENS:=2000}" "${UPD1:=4}" "${UPD2:=4}" "${SAVE_EVERY:=2}" "${AVG_LAST:=2}" "${BEAM:=2}"
   : "${LR1:=2e-3}" "${WARMUP1:=2}" "${LR2:=1e-3}" "${WARMUP2:=2}"
 else
-  : "${VOCAB:=1000}" "${D_MODEL:=144}" "${ENC_LAYERS:=6}" "${CTC_LAYER:=4}" "${DEC_LAYERS:=2}" "${HEADS:=4}"
-  : "${MAX_TOKENS:=6000}" "${UPD1:=1800}" "${UPD2:=1000}" "${SAVE_EVERY:=100}" "${AVG_LAST:=5}" "${BEAM:=5}"
-  : "${LR1:=2e-3}" "${WARMUP1:=300}" "${LR2:=1e-3}" "${WARMUP2:=100}"
+  : "${N_TRAIN:=2000}" "${VOCAB:=256}" "${D_MODEL:=144}" "${ENC_LAYERS:=3}" "${CTC_LAYER:=2}" "${DEC_LAYERS:=2}"
+  : "${HEADS:=4}" "${MAX_TOKENS:=6000}" "${UPD1:=2600}" "${UPD2:=2000}" "${SAVE_EVERY:=100}" "${AVG_LAST:=5}"
+  : "${BEAM:=5}" "${LR1:=2e-3}" "${WARMUP1:=500}" "${LR2:=1.5e-3}" "${WARMUP2:=200}"
 fi
 : "${DROPOUT:=0.1}" "${DTYPE:=fp32}" "${JOBS:=2}" "${SPECAUGMENT:=0}"
 # torch threads per process (all cores by default). On a machine shared with other busy processes THREADS=1
@@ -89,7 +89,7 @@ stage() {
 
 make_data() {
   local args=(--out "$DATA" --jobs "$JOBS")
-  [[ $SMOKE == 1 ]] && args+=(--smoke)
+  if [[ $SMOKE == 1 ]]; then args+=(--smoke); else args+=(--n-train "$N_TRAIN"); fi
   if [[ -n "${NO_FESTIVAL:-}" ]] || ! command -v festival >/dev/null 2>&1; then
     echo "festival not found: espeak-ng voices only (one held out per language)"
     HERE="$HERE" python3 - "${args[@]}" <<'EOF'
