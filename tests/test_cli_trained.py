@@ -182,6 +182,7 @@ def test_eval_gates_on_the_clips(tmp_path):
     code, _, err = run("eval", asr, "--task", "asr", "--max-wer", EVAL_MAX_WER, "--report", report, *COMMON)
     assert code == 0, err
     assert set(json.loads(report.read_text())["groups"]) == {"en", "it"}
-    code, _, err = run("eval", st, "--task", "st", "--min-bleu", EVAL_MIN_BLEU, "--report", tmp_path / "st.json", *COMMON)
+    code, _, err = run("eval", st, "--task", "st", "--min-bleu", EVAL_MIN_BLEU, "--report", tmp_path / "st.json",
+                       *COMMON)
     assert code == 0, err
     assert set(json.loads((tmp_path / "st.json").read_text())["groups"]) == {"en-it", "it-en"}
