@@ -1,6 +1,6 @@
 """Transcription pipeline benchmark: memory on long input, pipeline overhead, batching across files.
 
-    python benchmarks/transcribe_bench.py [--hours 2] [--overhead-minutes 3] [--short-files 200] [--repeats 2]
+    python benchmarks/transcribe_bench.py [--hours 2] [--overhead-minutes 3] [--short-files 200] [--repeats 3]
 
 1. Peak memory (max RSS of a child process) transcribing generated speech-with-pauses of 10 minutes and of
    `--hours`, with the tiny model: the two should be about equal (streaming decode, bounded chunk pool).
@@ -109,6 +109,11 @@ def timed(fn):
     return value, time.perf_counter() - w, time.process_time() - c
 
 
+def _median_run(runs: list[tuple]) -> tuple:
+    """The run with the median wall time (field 1)."""
+    return sorted(runs, key=lambda t: t[1])[len(runs) // 2]
+
+
 def overhead(tmp: Path, base: Path, minutes: float, repeats: int) -> None:
     from fama_core import load_model
     from fama_core.config import preset
@@ -136,12 +141,12 @@ def overhead(tmp: Path, base: Path, minutes: float, repeats: int) -> None:
             tr.decode_chunks(model, [audios[j] for j in b], [tok.lang_tag_id("en")] * len(b), o.decode)
 
     runs = []
-    for _ in range(repeats):  # interleaved, best of each: a shared machine's load comes and goes
+    for _ in range(repeats):  # interleaved, so a shared machine's load that comes and goes hits both
         runs.append((timed(model_only), timed(lambda: run_pipeline(model, tok, [path], tmp / "out"))))
-    _, mw, mc = min((r[0] for r in runs), key=lambda t: t[1])
-    seconds, ew, ec = min((r[1] for r in runs), key=lambda t: t[1])
+    _, mw, mc = _median_run([r[0] for r in runs])
+    seconds, ew, ec = _median_run([r[1] for r in runs])
     print(f"overhead: {seconds / 60:.1f} min audio, {len(chunks)} chunks in {len(batches)} batches, "
-          f"small-shaped random model, greedy, best of {repeats}")
+          f"small-shaped random model, greedy, median of {repeats}")
     print(f"  model only   : {mw:7.1f} s wall, {mc:7.1f} s CPU")
     print(f"  end to end   : {ew:7.1f} s wall, {ec:7.1f} s CPU (RTF {ew / seconds:.3f})")
     print(f"  ratio        : {ew / mw:.3f} wall, {ec / mc:.3f} CPU (target <= 1.15)")
@@ -168,10 +173,10 @@ def many_files(tmp: Path, n: int, repeats: int) -> None:
     run_pipeline(model, tok, paths[:3], tmp / "warm2")
     runs = [(timed(lambda: run_pipeline(model, tok, paths, tmp / "out_many")),
              timed(lambda: run_pipeline(model, tok, [long], tmp / "out_one"))) for _ in range(repeats)]
-    s_many, w_many, c_many = min((r[0] for r in runs), key=lambda t: t[1])
-    s_one, w_one, c_one = min((r[1] for r in runs), key=lambda t: t[1])
+    s_many, w_many, c_many = _median_run([r[0] for r in runs])
+    s_one, w_one, c_one = _median_run([r[1] for r in runs])
     print(f"batching: {n} files ({total / 60:.1f} min) vs one file of the same audio, tiny model, greedy, "
-          f"best of {repeats}")
+          f"median of {repeats}")
     print(f"  {n} files : {w_many:6.1f} s wall, {c_many:6.1f} s CPU ({s_many / w_many:.0f}x real time)")
     print(f"  one file  : {w_one:6.1f} s wall, {c_one:6.1f} s CPU ({s_one / w_one:.0f}x real time)")
     print(f"  ratio     : {w_many / w_one:.2f} wall, {c_many / c_one:.2f} CPU (target <= 1.3)")
@@ -182,7 +187,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=2.0)
     ap.add_argument("--overhead-minutes", type=float, default=3.0)
     ap.add_argument("--short-files", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "batching"])
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args()
