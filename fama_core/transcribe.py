@@ -264,6 +264,8 @@ class Pipeline:
             raise ValueError("translation needs a target language")
         if o.language != "auto":
             tokenizer.lang_tag_id(o.language)  # raises for a language the model lacks
+        elif model.cfg.src_vocab_size != model.cfg.vocab_size:
+            raise ValueError("--lang auto needs a model whose two CTC heads share a dictionary; give the language")
 
     def run(self, items: list[InputFile], sources: list[Any] | None = None,
             progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:

@@ -217,3 +217,15 @@ def test_resolve_devices():
             tr.resolve_devices("cuda:1")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         tr.resolve_devices("gpu")
+
+
+def test_lang_auto_refuses_a_model_whose_ctc_heads_have_different_dictionaries(tiny):
+    import copy
+    import dataclasses
+
+    model, tok = tiny
+    other = copy.deepcopy(model)
+    other.cfg = dataclasses.replace(model.cfg, src_vocab_size=model.cfg.vocab_size + 1)
+    with pytest.raises(ValueError, match="--lang auto needs a model whose two CTC heads share a dictionary"):
+        Pipeline(other, tok, TranscribeOptions(language="auto"))
+    Pipeline(other, tok, TranscribeOptions(language="en"))  # a given language needs no detection
