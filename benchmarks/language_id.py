@@ -45,7 +45,7 @@ def main() -> None:
     from fama_core import load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import InputFile
-    from fama_core.transcribe import Pipeline, TranscribeOptions
+    from fama_core.pipeline import Pipeline, TranscribeOptions
 
     recordings = [] if args.no_shared else shared_recordings()
     for m in args.manifest:

@@ -21,8 +21,8 @@ import torch
 
 from fama_core.config import ModelConfig, preset
 from fama_core.model import FamaModel
-from fama_core.train import Batch, LossWeights, Schedule, TrainOptions
-from fama_core.train.trainer import Dist, Trainer
+from fama_core.training import Batch, LossWeights, Schedule, TrainOptions
+from fama_core.training.trainer import Dist, Trainer
 
 
 def make_batch(batch: int, seconds: float, vocab: int, tokens: int, seed: int = 0) -> Batch:

@@ -17,7 +17,6 @@ Wall and process CPU times are both printed (a shared machine makes wall times n
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import resource
 import subprocess
@@ -59,7 +58,7 @@ def looped(base: Path, seconds: float, path: Path) -> Path:
 
 def options(**kw):
     from fama_core.decoding import DecodeOptions
-    from fama_core.transcribe import TranscribeOptions
+    from fama_core.pipeline import TranscribeOptions
 
     return TranscribeOptions(language="en", decode=DecodeOptions(greedy=True), **kw)
 
@@ -67,8 +66,8 @@ def options(**kw):
 def run_pipeline(model, tok, paths: list[Path], out_dir: Path) -> float:
     """End to end over files, writing srt+json; returns audio seconds."""
     from fama_core.inputs import assign_output_stems, expand_inputs
+    from fama_core.pipeline import Pipeline
     from fama_core.subtitles import write_transcript
-    from fama_core.transcribe import Pipeline
 
     items = assign_output_stems(expand_inputs([str(p) for p in paths]), out_dir)
     seconds = 0.0
@@ -115,12 +114,11 @@ def _median_run(runs: list[tuple]) -> tuple:
 
 
 def overhead(tmp: Path, base: Path, minutes: float, repeats: int) -> None:
+    import fama_core.pipeline as tr
     from fama_core import load_model
     from fama_core.config import preset
     from fama_core.model import FamaModel
     from fama_core.vad import speech_chunks
-
-    tr = importlib.import_module("fama_core.transcribe")
     _, tok = load_model(TINY, device="cpu")
     torch.manual_seed(0)
     model = FamaModel(preset("small", vocab_size=tok.vocab_size, src_vocab_size=tok.vocab_size)).eval()

@@ -95,7 +95,7 @@ def eval_cmd(
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
                                    batch_size, device, dtype, quiet or as_json)
 
-    from fama_core.evaluate import write_report
+    from fama_core.evaluation import write_report
     from fama_core.scoring import gate
 
     if report is not None:
@@ -118,7 +118,7 @@ def eval_cmd(
 
 
 def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
-    from fama_core.evaluate import evaluate_files
+    from fama_core.evaluation import evaluate_files
 
     for p in (hyp, ref):
         if not p.exists():
@@ -134,7 +134,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
                       device: str | None, dtype: str | None, quiet: bool):
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
-    from fama_core.evaluate import EvalError, EvalOptions, evaluate, plan
+    from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
 
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)

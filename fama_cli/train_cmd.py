@@ -143,8 +143,8 @@ def train(
 ) -> None:
     """Train a FAMA model with FBK's recipe (stage 1: ASR; stage 2: ASR+ST). Works under torchrun (DDP)."""
     from fama_core.checkpoints import CheckpointError
-    from fama_core.train import TrainOptions, load_preset, merge_options
-    from fama_core.train import train as run_training
+    from fama_core.training import TrainOptions, load_preset, merge_options
+    from fama_core.training import train as run_training
 
     try:
         base = load_preset(preset, stage)
@@ -213,7 +213,7 @@ def average(
 ) -> None:
     """Average checkpoint weights as FBK's average_checkpoints.py (the -asr and final FAMA models are --last 25)."""
     from fama_core.checkpoints import CheckpointError
-    from fama_core.train import average as run_average
+    from fama_core.training import average as run_average
 
     if not checkpoints and directory is None:
         raise fail("give checkpoint files or --dir", 2)
@@ -239,7 +239,7 @@ def data_manifest(
     absolute: Annotated[bool, typer.Option("--absolute", help="Write absolute audio paths")] = False,
 ) -> None:
     """Build a training manifest (fairseq's speech-to-text TSV) and fill n_frames."""
-    from fama_core.train import build_manifest
+    from fama_core.training import build_manifest
 
     if translation_suffix and not tgt_lang:
         raise fail("--translation-suffix needs --tgt-lang", 2)
@@ -267,7 +267,7 @@ def data_spm(
 ) -> None:
     """Train a SentencePiece model + fairseq dictionary as FBK's gen_vocab does (with <lang:xx> tags)."""
     from fama_core.tokenizer import train_spm
-    from fama_core.train import manifest_texts
+    from fama_core.training import manifest_texts
 
     try:
         texts, seen = manifest_texts(manifests)

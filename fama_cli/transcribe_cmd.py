@@ -106,8 +106,8 @@ def _execute(r: _Run) -> None:
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import assign_output_stems, expand_inputs, shard, torchrun_rank
+    from fama_core.pipeline import Pipeline, TranscribeOptions, resolve_devices
     from fama_core.subtitles import SubtitleOptions, format_transcript, write_transcript
-    from fama_core.transcribe import Pipeline, TranscribeOptions, resolve_devices
     from fama_core.vad import VadOptions
 
     if r.skip_existing and r.overwrite:

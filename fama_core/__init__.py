@@ -8,18 +8,19 @@ The library API mirrors the command line:
     report = fama_core.evaluate("test.tsv", model="fama-small", task="asr")
     run_dir = fama_core.train(fama_core.TrainOptions(...)); fama_core.average(...)
 
-As in openai-whisper, `transcribe`, `evaluate` and `train` name the functions here; their modules stay
-importable as `fama_core.transcribe`, `fama_core.evaluate`, `fama_core.train.*` with `from ... import`.
+`transcribe`, `translate`, `evaluate` and `train` are functions; their code lives in the modules
+`fama_core.pipeline`, `fama_core.evaluation` and the package `fama_core.training`, so that every module and
+every function is importable by its own name.
 """
 
 from .checkpoints import CheckpointError, load_model, save_model
 from .config import ModelConfig, preset
 from .decoding import DecodeOptions, Hypothesis, decode, forced_align
-from .evaluate import evaluate
+from .evaluation import evaluate
 from .model import FamaModel
+from .pipeline import TranscribeOptions, transcribe, translate
 from .tokenizer import Tokenizer
-from .train import TrainOptions, average, train
-from .transcribe import TranscribeOptions, transcribe, translate
+from .training import TrainOptions, average, train
 
 __all__ = [
     "CheckpointError",

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fama_cli.main import app
-from fama_core.evaluate import EvalError, EvalOptions, EvalReport, evaluate, evaluate_files, plan
+from fama_core.evaluation import EvalError, EvalOptions, EvalReport, evaluate, evaluate_files, plan
 from fama_core.manifest import ManifestRow, write_manifest
 from fama_core.scoring import WerResult
 
@@ -263,7 +263,7 @@ def test_evaluate_library_st_beam_and_slices(media, tiny):
 
     from fama_core.audio import load_audio
     from fama_core.decoding import DecodeOptions
-    from fama_core.transcribe import decode_chunks
+    from fama_core.pipeline import decode_chunks
 
     model, tok = tiny
     rows = [ManifestRow("en1", "cheetah_en.wav", 0, "Oggi si usano solo i binari uno e tre.", src_lang="en",

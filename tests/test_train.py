@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from fama_core.checkpoints import load_model
 from fama_core.decoding import DecodeOptions, decode
-from fama_core.train import DataOptions, Schedule, SpeechDataset, TrainOptions, average, train
-from fama_core.train.trainer import load_training_checkpoint
+from fama_core.training import DataOptions, Schedule, SpeechDataset, TrainOptions, average, train
+from fama_core.training.trainer import load_training_checkpoint
 
 TINY = dict(d_model=96, encoder_heads=4, encoder_layers=3, ffn_expansion=2, subsampler_channels=192, conv_kernel=15,
             ctc_encoder_layer=2, decoder_dim=96, decoder_ffn_dim=256, decoder_layers=2, decoder_heads=4)
@@ -156,7 +156,7 @@ def test_cli_manifest_spm_train_average(corpus, tmp_path):
 
 
 def test_presets_reproduce_fbk_commands():
-    from fama_core.train import load_preset
+    from fama_core.training import load_preset
 
     small1, medium1 = TrainOptions.from_dict(load_preset("small", 1)), TrainOptions.from_dict(load_preset("medium", 1))
     small2, medium2 = TrainOptions.from_dict(load_preset("small", 2)), TrainOptions.from_dict(load_preset("medium", 2))

@@ -15,7 +15,7 @@ import torch
 
 from fama_core.manifest import ManifestRow, read_manifest, write_manifest
 from fama_core.tokenizer import train_spm
-from fama_core.train import DataOptions, SpeechDataset, build_manifest, manifest_texts
+from fama_core.training import DataOptions, SpeechDataset, build_manifest, manifest_texts
 
 SENTENCES = [
     ("the cat sleeps", "il gatto dorme"), ("open the door", "apri la porta"),
@@ -156,7 +156,7 @@ def test_collate_targets_and_stage2_tasks(corpus):
 
 
 def test_clips_other_formats_and_worker_processes(corpus, tmp_path):
-    from fama_core.train.data import iterate
+    from fama_core.training.data import iterate
 
     base = corpus["manifest"].parent
     wav = base / "audio" / "utt00.wav"

@@ -14,8 +14,8 @@ import torch
 from test_train import TINY, tiny_options
 from test_train_data import make_corpus
 
-from fama_core.train import DataOptions, train
-from fama_core.train.trainer import load_training_checkpoint
+from fama_core.training import DataOptions, train
+from fama_core.training.trainer import load_training_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fama_core.train import LossWeights, Schedule, fama_loss, label_smoothed_nll_loss
+from fama_core.training import LossWeights, Schedule, fama_loss, label_smoothed_nll_loss
 
 PAD, EOS = 1, 2
 

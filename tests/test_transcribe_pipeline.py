@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import fama_core.pipeline as tr
 from fama_core.decoding import DecodeOptions
 from fama_core.inputs import InputFile
-from fama_core.transcribe import Pipeline, TranscribeOptions, language_scores, make_segments
+from fama_core.pipeline import Pipeline, TranscribeOptions, language_scores, make_segments
 from fama_core.vad import SpeechChunk
 
 from conftest import require_shared
-
-tr = importlib.import_module("fama_core.transcribe")  # the module; fama_core.transcribe is also the function
 
 
 @pytest.fixture(scope="module")

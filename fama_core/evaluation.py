@@ -31,8 +31,8 @@ from .checkpoints import load_model
 from .decoding import DecodeOptions
 from .features import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest
+from .pipeline import TranscribeOptions, _batches, decode_chunks, make_segments
 from .scoring import Report, score, score_files
-from .transcribe import TranscribeOptions, _batches, decode_chunks, make_segments
 
 _FILE_CACHE = 2  # whole decoded media files kept for their `path:offset:length` rows
 
