@@ -73,7 +73,7 @@ def run_pipeline(model, tok, paths: list[Path], out_dir: Path) -> float:
     seconds = 0.0
     for r in Pipeline(model, tok, options()).run(items):
         assert r.error is None, r.error
-        write_transcript(r.transcript, r.item.stem, ["srt", "json"])
+        write_transcript(r.transcript, r.item.stem, ["srt", "json"], overwrite=True)
         seconds += r.seconds
     return seconds
 

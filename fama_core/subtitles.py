@@ -8,14 +8,14 @@ at most `max_duration` seconds, and a pause longer than `max_gap` always starts 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pysubs2
+
+from .outputs import write_all
 
 FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 _CLAUSE_END = re.compile(r"[.!?;:,…]$")
@@ -194,35 +194,12 @@ def format_transcript(transcript: Transcript, fmt: str, options: SubtitleOptions
     raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it over `path`: never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_transcript(transcript: Transcript, stem: str | Path, formats: list[str],
-                     options: SubtitleOptions | None = None) -> list[Path]:
-    """Write `<stem>.<fmt>` for every format; all texts are made before the first file is touched."""
-    texts = {fmt: format_transcript(transcript, fmt, options) for fmt in formats}
-    paths = []
-    for fmt, text in texts.items():
-        path = Path(f"{stem}.{fmt}")
-        atomic_write(path, text)
-        paths.append(path)
-    return paths
+                     options: SubtitleOptions | None = None, *, overwrite: bool = False) -> list[Path]:
+    """Write `<stem>.<fmt>` for every format, as one set: all of them or, on any error, none.
+
+    All texts are made before the first file is touched. Without `overwrite`, an existing output (even
+    one that appeared during the run) raises `OutputExistsError` and nothing is written.
+    """
+    texts = {Path(f"{stem}.{fmt}"): format_transcript(transcript, fmt, options) for fmt in formats}
+    return write_all(texts, overwrite=overwrite)

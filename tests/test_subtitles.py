@@ -1,9 +1,8 @@
-"""Cue layout, the five writers, and atomic writes."""
+"""Cue layout and the five writers (the atomic writer itself: test_outputs.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import pysubs2
 import pytest
@@ -14,7 +13,6 @@ from fama_core.subtitles import (
     SubtitleOptions,
     Transcript,
     Word,
-    atomic_write,
     format_transcript,
     make_cues,
     write_transcript,
@@ -116,23 +114,6 @@ def test_txt_tsv_json():
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown output format"):
         format_transcript(transcript([]), "docx")
-
-
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    target = tmp_path / "sub" / "out.srt"
-    atomic_write(target, "old\n")
-    real_fsync = os.fsync
-
-    def crash(fd):
-        raise KeyboardInterrupt  # Ctrl-C in the middle of the write
-
-    monkeypatch.setattr(subtitles.os, "fsync", crash)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(target, "new text that never lands\n")
-    monkeypatch.setattr(subtitles.os, "fsync", real_fsync)
-    assert target.read_text() == "old\n"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["out.srt"]
-    assert oct(target.stat().st_mode & 0o777) != oct(0o600)
 
 
 def test_write_transcript_makes_all_texts_before_touching_files(tmp_path, monkeypatch):
