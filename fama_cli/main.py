@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -12,9 +11,26 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+
+def _hide_flag_types() -> None:
+    """Show boolean flags as `--srt`, not `--srt <bool>`, in every command's help."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_fama", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
+
+    display_type_rich._fama = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="fama",
-    help="Run and train the FAMA speech models: English/Italian speech recognition and EN<->IT translation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -38,6 +54,36 @@ def human_size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def version() -> str:
+    """The installed distribution's version (whatever the distribution is called)."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get("fama_cli", []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"fama {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[bool, typer.Option("--version", help="Print the version and exit", is_eager=True,
+                                               callback=_show_version)] = False,
+) -> None:
+    """Run and train the FAMA speech models: English/Italian speech recognition and EN<->IT translation."""
+
+
+# The main commands first in `fama --help`: command modules register themselves on `app` when imported.
+from fama_cli import transcribe_cmd  # noqa: E402,F401
 
 
 @app.command()
@@ -112,9 +158,4 @@ def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     out.print(f"cache: {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}")
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
-
-
-# Command groups that live in their own modules register themselves on `app` when imported.
-from fama_cli import evaluate_cmd, train_cmd, transcribe_cmd  # noqa: E402,F401
+from fama_cli import evaluate_cmd, train_cmd  # noqa: E402,F401

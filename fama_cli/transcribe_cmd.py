@@ -1,32 +1,42 @@
-"""`fama transcribe` and `fama translate` (registered on the app in fama_cli.main)."""
+"""`fama transcribe` and `fama translate` (registered on the app in fama_cli.main).
+
+This module parses and prints; what to read, what to write and how is decided in fama_core (`inputs`,
+`outputs.plan_outputs`, `pipeline.Pipeline`). Results come from one place, `_results`, so that another
+executor yielding the same `FileResult`s can replace the local pipeline.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import signal
 import sys
 import time
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from fama_cli.main import app, err, fail
 
-FORMAT_NAMES = ("txt", "srt", "vtt", "tsv", "json")
+if TYPE_CHECKING:
+    from fama_core.outputs import OutputPlan
+    from fama_core.pipeline import FileResult, Pipeline, RunProgress, TranscribeOptions
+    from fama_core.subtitles import SubtitleOptions
 
 Inputs = Annotated[list[str], typer.Argument(help="Media files, folders, glob patterns, or - for stdin",
-                                             show_default=False)]
+                                             metavar="INPUTS...", show_default=False)]
 Model = Annotated[str, typer.Option("--model", "-m", help="Alias, Hugging Face repo id, model folder or .pt")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda (every visible GPU), cuda:1, or a list such as "
                                                  "cuda:0,cuda:2 (default: every GPU, else the CPU)")]
 Dtype = Annotated[str, typer.Option(help="float32, float16 or bfloat16")]
-OutputDir = Annotated[str | None, typer.Option("--output-dir", "-o", help="Folder for the outputs (default: beside "
-                                               "each input); - writes the one chosen format to stdout")]
-Formats = Annotated[list[str] | None, typer.Option("--format", "-f", help="txt, srt, vtt, tsv, json or all; "
-                                                   "repeatable")]
-# Options shared by `transcribe` and `translate`, declared once.
+OutputDir = Annotated[str | None, typer.Option("--output-dir", "--output_dir", "-o",
+                                               help="Folder for the outputs (default: beside each input); - writes "
+                                                    "the one chosen format to stdout")]
+Formats = Annotated[list[str] | None, typer.Option("--format", "--output_format", "-f",
+                                                   help="txt, srt, vtt, tsv, json or all; repeatable or "
+                                                        "comma-separated")]
 TxtOpt = Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")]
 SrtOpt = Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")]
 VttOpt = Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")]
@@ -34,61 +44,35 @@ TsvOpt = Annotated[bool, typer.Option("--tsv", help="Write .tsv (start, end in m
 JsonOpt = Annotated[bool, typer.Option("--json", help="Write .json (segments, words, times, language, model, "
                                                       "options)")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of folder inputs")]
-SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs")]
+SkipExistingOpt = Annotated[bool, typer.Option("--skip-existing", help="Skip inputs whose outputs all exist; "
+                                                                       "write only the missing ones of the others")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (never an input)")]
 BeamSizeOpt = Annotated[int, typer.Option(help="Beam width")]
 CtcWeightOpt = Annotated[float, typer.Option(help="Weight of the CTC prefix score in joint decoding")]
 NoRepeatNgramSizeOpt = Annotated[int, typer.Option(help="Forbid repeating n-grams of this size (0: off)")]
 GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")]
 MaxTokensOpt = Annotated[int, typer.Option(help="Most output tokens per speech chunk")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Most speech chunks decoded at once")]
-MaxChunkSecondsOpt = Annotated[float, typer.Option(help="Longest speech chunk fed to the model")]
+MaxChunkSecondsOpt = Annotated[float, typer.Option(help="Longest speech chunk fed to the model (1 to 120)")]
 MaxLineWidthOpt = Annotated[int, typer.Option(help="Characters per subtitle line")]
 MaxLineCountOpt = Annotated[int, typer.Option(help="Lines per subtitle cue")]
-MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue")]
+MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue, in seconds")]
+MinCueSecondsOpt = Annotated[float, typer.Option(help="Shortest subtitle cue, in seconds")]
+MaxCpsOpt = Annotated[float, typer.Option(help="Reading speed: most characters per second in a cue")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing (default: torch's choice)",
+                                                show_default=False)]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
+
+LANGUAGES = ("en", "it")
 
 
-@dataclasses.dataclass
-class _Run:
-    task: str
-    inputs: list[str]
-    language: str
-    model: str
-    device: str | None
-    dtype: str
-    output_dir: str | None
-    formats: list[str]
-    recursive: bool
-    skip_existing: bool
-    overwrite: bool
-    beam_size: int
-    ctc_weight: float
-    no_repeat_ngram_size: int
-    greedy: bool
-    max_tokens: int
-    batch_size: int
-    max_chunk_seconds: float
-    max_line_width: int
-    max_line_count: int
-    max_cue_seconds: float
-    local_files_only: bool
-    quiet: bool
-
-
-def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
-    chosen = [name for name, on in flags.items() if on]
-    for f in fmt or []:
-        for name in f.split(","):
-            name = name.strip().lower()
-            if name == "all":
-                chosen += FORMAT_NAMES
-            elif name in FORMAT_NAMES:
-                chosen.append(name)
-            else:
-                raise fail(f"unknown format {name!r}; choose from {', '.join(FORMAT_NAMES)} or all", 2)
-    return [f for f in FORMAT_NAMES if f in chosen]
+@dataclass
+class _Tally:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0  # audio read
 
 
 def _hms(seconds: float) -> str:
@@ -97,48 +81,98 @@ def _hms(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def _failed(message: str) -> None:
-    """One line per failed input, naming it and the reason."""
-    err.print(f"[red]failed:[/] {escape(message)}", soft_wrap=True, highlight=False)
+def _line(kind: str, message: str) -> None:
+    """One line on stderr: `failed: ...`, `warning: ...`, `note: ...`."""
+    style = {"failed": "red", "warning": "yellow", "note": "cyan"}[kind]
+    err.print(f"[{style}]{kind}:[/] {escape(message)}", soft_wrap=True, highlight=False)
 
 
-def _execute(r: _Run) -> None:
-    from fama_core.checkpoints import CheckpointError, load_model
+def _usage(fn, *args, **kwargs):
+    """`fn(...)`, with a ValueError turned into a usage error (exit 2)."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise fail("--threads must be at least 1", 2)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only possible before the first parallel work; then the intra-op setting stands
+        pass
+
+
+def _decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
+                    greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
+                    detect_source: bool = True) -> TranscribeOptions:
     from fama_core.decoding import DecodeOptions
-    from fama_core.inputs import assign_output_stems, expand_inputs, shard, torchrun_rank
-    from fama_core.pipeline import Pipeline, TranscribeOptions, resolve_devices
-    from fama_core.subtitles import SubtitleOptions, format_transcript, write_transcript
+    from fama_core.pipeline import TranscribeOptions
     from fama_core.vad import VadOptions
 
-    if r.skip_existing and r.overwrite:
-        raise fail("--skip-existing and --overwrite exclude each other", 2)
-    if r.dtype not in ("float32", "float16", "bfloat16"):
-        raise fail(f"unknown dtype {r.dtype!r}; choose float32, float16 or bfloat16", 2)
-    for name, value in (("--beam-size", r.beam_size), ("--batch-size", r.batch_size),
-                        ("--max-line-width", r.max_line_width), ("--max-line-count", r.max_line_count)):
+    if not 1.0 <= max_chunk_seconds <= 120.0:
+        raise fail("--max-chunk-seconds must be between 1 and 120", 2)
+    for name, value in (("--beam-size", beam_size), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
         if value < 1:
             raise fail(f"{name} must be at least 1", 2)
-    if not 0.0 <= r.ctc_weight <= 1.0:
+    if no_repeat_ngram_size < 0:
+        raise fail("--no-repeat-ngram-size must be 0 (off) or more", 2)
+    if not 0.0 <= ctc_weight <= 1.0:
         raise fail("--ctc-weight must be between 0 and 1", 2)
-    if not 1.0 <= r.max_chunk_seconds <= 120.0:
-        raise fail("--max-chunk-seconds must be between 1 and 120", 2)
+    decode = DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
+                           greedy=greedy, max_len_b=max_tokens)
+    return TranscribeOptions(task=task, language=language, decode=decode,
+                             vad=_usage(VadOptions, max_chunk_s=max_chunk_seconds), batch_size=batch_size,
+                             detect_source=detect_source)
 
-    items = expand_inputs(r.inputs, recursive=r.recursive)
-    if not items:
-        raise fail(f"no media files found in {' '.join(r.inputs)}" + ("" if r.recursive else
-                                                                       " (use --recursive for subfolders)"), 2)
-    if [it.path for it in items].count("-") and len(items) > 1:
-        raise fail("stdin (-) cannot be combined with other inputs", 2)
-    to_stdout = r.output_dir == "-" or (not r.formats and r.output_dir is None and len(items) == 1
-                                        and not Path(r.inputs[0]).is_dir())
-    if r.output_dir == "-" and (len(items) > 1 or len(r.formats) > 1):
-        raise fail("-o - writes one input in one format to stdout", 2)
-    formats = r.formats or ["txt"]
-    assign_output_stems(items, None if to_stdout else r.output_dir)
-    rank, world = torchrun_rank()
-    items = shard(items, rank, world)
-    device = r.device
-    if device is None and world > 1 and "LOCAL_RANK" in os.environ:
+
+def _subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
+                      max_cps: float) -> SubtitleOptions:
+    from fama_core.subtitles import SubtitleOptions
+
+    for name, value in (("--max-line-width", max_line_width), ("--max-line-count", max_line_count)):
+        if value < 1:
+            raise fail(f"{name} must be at least 1", 2)
+    for name, value in (("--max-cue-seconds", max_cue_seconds), ("--min-cue-seconds", min_cue_seconds),
+                        ("--max-cps", max_cps)):
+        if not value > 0:
+            raise fail(f"{name} must be positive", 2)
+    return SubtitleOptions(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
+                           max_cps=max_cps)
+
+
+def _plan(inputs: list[str], recursive: bool, output_dir: str | None, formats: list[str], skip_existing: bool,
+          overwrite: bool) -> tuple[OutputPlan, str]:
+    """The output plan of this rank, and the rank's prefix for printed lines. Usage errors exit 2."""
+    from fama_core.inputs import find_inputs, torchrun_rank
+    from fama_core.outputs import OutputRequest, plan_outputs
+
+    rank, world = _usage(torchrun_rank)
+    scan = find_inputs(inputs, recursive=recursive)
+    if not scan.items:
+        hint = "" if recursive or not any(os.path.isdir(a) for a in inputs) else " (use --recursive for subfolders)"
+        raise fail(f"no media files found in {' '.join(inputs)}{hint}", 2)
+    for warning in scan.warnings:
+        _line("warning", warning)
+    request = OutputRequest(output_dir, formats, skip_existing, overwrite)
+    plan = _usage(plan_outputs, inputs, scan.items, request, rank, world)
+    return plan, f"[rank {rank}/{world}] " if world > 1 else ""
+
+
+def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool,
+              options: TranscribeOptions) -> Pipeline:
+    from fama_core.checkpoints import CheckpointError, load_model
+    from fama_core.pipeline import Pipeline, resolve_devices
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+    if device is None and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         if torch.cuda.is_available():
@@ -147,100 +181,149 @@ def _execute(r: _Run) -> None:
         devices = resolve_devices(device)
     except (RuntimeError, ValueError) as e:
         raise fail(f"--device: {e}", 2) from None
-    who = f"[rank {rank}/{world}] " if world > 1 else ""
+    try:
+        loaded, tokenizer = load_model(model, device=devices[0], dtype=dtype, local_files_only=local_files_only or None)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise fail(f"cannot load model {model}: {e}") from None
+    return _usage(Pipeline, loaded, tokenizer, options, model_name=model, devices=devices)
 
-    todo, skipped, failed, done = [], 0, 0, 0
-    for it in items:
-        existing = [p for f in formats if (p := Path(f"{it.stem}.{f}")).exists()] if not to_stdout else []
-        if r.skip_existing and len(existing) == len(formats):
-            skipped += 1
-        elif existing and not r.overwrite and not r.skip_existing:
-            failed += 1
-            _failed(f"{it.name}: output exists: {existing[0]} (use --overwrite or --skip-existing)")
+
+def _results(pipeline: Pipeline, plan: OutputPlan, progress) -> Iterator[FileResult]:
+    """Every input's FileResult: the one place results come from (another executor can replace it)."""
+    return pipeline.run(plan.todo, progress=progress)
+
+
+class _Progress:
+    """A progress bar on a terminal that moves with the speech decoded (estimated total, ETA)."""
+
+    def __init__(self, label: str, files: int, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                            transient=True)
+        self.task = self.bar.add_task(label, total=None, info=f"0/{files} files")
+        self.bar.start()
+
+    def __call__(self, p: RunProgress) -> None:
+        if self.bar is None:
+            return
+        total = p.speech_total()
+        info = (f"{_hms(p.speech_done)}/{_hms(total) if total is not None else '?'} speech · "
+                f"{p.files_done}/{p.files} files · {_hms(p.audio_read)} audio read")
+        self.bar.update(self.task, total=total, completed=p.speech_done, info=info)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _deliver(res: FileResult, plan: OutputPlan, subs: SubtitleOptions, quiet: bool) -> str | None:
+    """Write one result (or print it, for stdout); the error to report, if any."""
+    from fama_core.outputs import OutputExistsError
+    from fama_core.subtitles import format_transcript
+
+    if res.error is not None:
+        return res.error
+    t = res.transcript
+    if not t.segments and not quiet:
+        _line("note", f"{res.item.name}: no speech found")
+    if t.task == "translate" and t.source_language == t.language:
+        _line("warning", f"{res.item.name}: the speech is already in {t.language} (detected); the output is "
+                         "a transcript, not a translation")
+    try:
+        if plan.to_stdout:
+            sys.stdout.write(format_transcript(t, plan.formats[0], subs))
+            sys.stdout.flush()
         else:
-            todo.append(it)
+            plan.write(res.item, t, subs)
+    except OutputExistsError as e:
+        return f"{e} (appeared during the run; use --overwrite or --skip-existing)"
+    except OSError as e:
+        return f"cannot write output: {e}"
+    return None
 
-    seconds, started = 0.0, time.perf_counter()
-    if todo:
-        try:
-            model, tokenizer = load_model(r.model, device=devices[0], dtype=r.dtype,
-                                          local_files_only=r.local_files_only or None)
-        except (CheckpointError, ValueError, OSError) as e:
-            raise fail(f"cannot load model {r.model}: {e}") from None
-        options = TranscribeOptions(
-            task=r.task, language=r.language,
-            decode=DecodeOptions(beam_size=r.beam_size, ctc_weight=r.ctc_weight,
-                                 no_repeat_ngram_size=r.no_repeat_ngram_size, greedy=r.greedy,
-                                 max_len_b=r.max_tokens),
-            vad=VadOptions(max_chunk_s=r.max_chunk_seconds),
-            batch_size=r.batch_size,
-        )
-        try:
-            pipeline = Pipeline(model, tokenizer, options, model_name=r.model, devices=devices)
-        except ValueError as e:
-            raise fail(str(e), 2) from None
-        subs = SubtitleOptions(r.max_line_width, r.max_line_count, r.max_cue_seconds)
-        progress = None
-        if not r.quiet and err.is_terminal and not to_stdout:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("files · {task.fields[audio]}"), TimeElapsedColumn(), console=err,
-                                transient=True)
-            bar = progress.add_task(f"{who}{r.task}", total=len(todo), audio="0s audio")
-            progress.start()
-        decoded = 0.0
+def _summary(who: str, tally: _Tally, wall: float, plan: OutputPlan) -> None:
+    rtf = f" · RTF {wall / tally.seconds:.3f}" if tally.seconds > 0 else ""
+    folders = plan.folders()
+    where = ""
+    if plan.to_stdout:
+        where = " · output on stdout"
+    elif folders:
+        where = f" · outputs in {', '.join(folders[:3])}" + (f" and {len(folders) - 3} more" if len(folders) > 3
+                                                              else "")
+    err.print(f"{who}{tally.done} done, {tally.skipped} skipped, {tally.failed} failed · {tally.seconds / 3600:.3f} h "
+              f"audio in {_hms(wall)}{rtf}{where}", markup=False, highlight=False, soft_wrap=True)
 
-        def on_batch(s: float) -> None:
-            nonlocal decoded
-            decoded += s
-            if progress:
-                progress.update(bar, audio=f"{_hms(decoded)} speech")
 
-        try:
-            for res in pipeline.run(todo, progress=on_batch):
-                seconds += res.seconds
-                error = res.error
-                if error is None:
-                    try:
-                        if to_stdout:
-                            fmt = r.formats[0] if r.formats else "txt"
-                            sys.stdout.write(format_transcript(res.transcript, fmt, subs))
-                            sys.stdout.flush()
-                        else:
-                            write_transcript(res.transcript, res.item.stem, formats, subs)
-                    except OSError as e:
-                        error = f"cannot write output: {e}"
-                if error is None:
-                    done += 1
-                else:
-                    failed += 1
-                    _failed(f"{res.item.name}: {error}")
-                if progress:
-                    progress.advance(bar)
-        finally:
-            if progress:
-                progress.stop()
-    wall = time.perf_counter() - started
-    if not r.quiet:
-        rtf = f" · RTF {wall / seconds:.3f}" if seconds > 0 else ""
-        err.print(f"{who}{done} done, {skipped} skipped, {failed} failed · {seconds / 3600:.3f} h audio in "
-                  f"{_hms(wall)}{rtf}", markup=False, highlight=False, soft_wrap=True)
-    if failed:
+def _execute(plan: OutputPlan, who: str, make_pipeline, subs: SubtitleOptions, quiet: bool) -> None:
+    """Transcribe what the plan says, report each failure on one line, then the summary; exit 1 on failures,
+    130 on Ctrl-C (after an `interrupted` line and the summary)."""
+    tally, started = _Tally(skipped=len(plan.skipped)), time.perf_counter()
+    for item, reason in plan.refused:
+        tally.failed += 1
+        _line("failed", f"{item.name}: {reason}")
+    interrupted = False
+    try:
+        if plan.todo:
+            pipeline = make_pipeline()
+            bar = _Progress(f"{who}{pipeline.options.task}", len(plan.todo),
+                            not quiet and err.is_terminal and not plan.to_stdout)
+            try:
+                for res in _results(pipeline, plan, bar):
+                    tally.seconds += res.seconds
+                    error = _deliver(res, plan, subs, quiet)
+                    if error is None:
+                        tally.done += 1
+                    else:
+                        tally.failed += 1
+                        _line("failed", f"{res.item.name}: {error}")
+            finally:
+                bar.stop()
+    except KeyboardInterrupt:
+        interrupted = True
+        err.print(f"{who}interrupted", markup=False, highlight=False)
+    if not quiet or interrupted:
+        _summary(who, tally, time.perf_counter() - started, plan)
+    if interrupted:
+        raise typer.Exit(128 + signal.SIGINT)
+    if tally.failed:
         raise typer.Exit(1)
 
 
-def _common(task: str, language: str, fmt: list[str] | None, txt: bool, srt: bool, vtt: bool, tsv: bool,
-            json_: bool, **options) -> None:
-    formats = _formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_)
-    _execute(_Run(task=task, language=language, formats=formats, **options))
+def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
+          recursive: bool, skip_existing: bool, overwrite: bool, options: TranscribeOptions,
+          subs: SubtitleOptions, model: str, device: str | None, dtype: str, local_files_only: bool,
+          threads: int | None, quiet: bool) -> None:
+    """Everything that can be checked is checked before the model is loaded; then the run."""
+    _set_threads(threads)
+    try:
+        plan, who = _plan(inputs, recursive, output_dir, formats, skip_existing, overwrite)
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False, highlight=False)
+        raise typer.Exit(130) from None
+    _execute(plan, who, lambda: _pipeline(model, device, dtype, local_files_only, options), subs, quiet)
+
+
+def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
+    from fama_core.outputs import parse_formats
+
+    return _usage(parse_formats, [name for name, on in flags.items() if on] + (fmt or []))
 
 
 @app.command()
 def transcribe(
     inputs: Inputs,
-    lang: Annotated[str, typer.Option("--lang", "-l", help="Spoken language: en, it, or auto (detected per file "
-                                      "from its first speech)")] = "auto",
+    lang: Annotated[str, typer.Option("--lang", "--language", "-l", help="Spoken language: en, it, or auto "
+                                      "(detected per file from its first 30 s of speech)")] = "auto",
+    task: Annotated[str, typer.Option(help="transcribe, or translate (as whisper: into English, or into --to)")]
+    = "transcribe",
+    to: Annotated[str | None, typer.Option("--to", "-t", help="With --task translate: target language (default "
+                                           "en)", show_default=False)] = None,
     model: Model = "fama-small",
     device: Device = None,
     dtype: Dtype = "float32",
@@ -264,21 +347,49 @@ def transcribe(
     max_line_width: MaxLineWidthOpt = 42,
     max_line_count: MaxLineCountOpt = 2,
     max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    min_cue_seconds: MinCueSecondsOpt = 0.8,
+    max_cps: MaxCpsOpt = 20.0,
+    threads: ThreadsOpt = None,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
-    if lang not in ("en", "it", "auto"):
+    if lang not in (*LANGUAGES, "auto"):
         raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
-    options = dict(locals())
-    _common("transcribe", options.pop("lang"), **options)
+    if task not in ("transcribe", "translate"):
+        raise fail(f"--task must be transcribe or translate, not {task!r}", 2)
+    if to is not None and task != "translate":
+        raise fail("--to goes with --task translate (or use fama translate)", 2)
+    if task == "translate":
+        target = _target(to or "en", lang)
+        options = _decode_options("translate", target, detect_source=lang == "auto", beam_size=beam_size,
+                                  ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
+                                  max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+    else:
+        options = _decode_options("transcribe", lang, beam_size=beam_size, ctc_weight=ctc_weight,
+                                  no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
+                                  batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+    _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
+          output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
+          options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
+                                                  max_cps),
+          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet)
+
+
+def _target(to: str, spoken: str) -> str:
+    if to not in LANGUAGES:
+        raise fail(f"--to must be en or it, not {to!r}", 2)
+    if spoken == to:
+        raise fail(f"the speech is already in {to}: nothing to translate (use fama transcribe, or another --to)", 2)
+    return to
 
 
 @app.command()
 def translate(
     inputs: Inputs,
-    to: Annotated[str, typer.Option("--to", "-t", help="Target language: en or it (the speech is the other)")]
-    = "en",
+    to: Annotated[str, typer.Option("--to", "-t", help="Target language: en or it")] = "en",
+    lang: Annotated[str, typer.Option("--lang", "--language", "-l", help="Spoken language: the other one of en "
+                                      "and it, or auto (detected, and a warning if it is the target)")] = "auto",
     model: Model = "fama-small",
     device: Device = None,
     dtype: Dtype = "float32",
@@ -302,11 +413,20 @@ def translate(
     max_line_width: MaxLineWidthOpt = 42,
     max_line_count: MaxLineCountOpt = 2,
     max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    min_cue_seconds: MinCueSecondsOpt = 0.8,
+    max_cps: MaxCpsOpt = 20.0,
+    threads: ThreadsOpt = None,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
-    if to not in ("en", "it"):
-        raise fail(f"--to must be en or it, not {to!r}", 2)
-    options = dict(locals())
-    _common("translate", options.pop("to"), **options)
+    if lang not in (*LANGUAGES, "auto"):
+        raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
+    options = _decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
+                              ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
+                              max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+    _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
+          output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
+          options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
+                                                  max_cps),
+          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet)

@@ -99,18 +99,19 @@ def _drain(src, tail: collections.deque) -> None:
 
 
 def stream_audio(
-    path: str | Path, block_seconds: float = 30.0, sample_rate: int = SAMPLE_RATE
+    path: str | Path, block_seconds: float = 30.0, sample_rate: int = SAMPLE_RATE, processes: set | None = None
 ) -> Iterator[np.ndarray]:
     """Yield the media's audio as mono float32 blocks of `block_seconds` (the last one shorter).
 
     Only one block is in memory at a time; closing the iterator early stops ffmpeg. A missing, empty or
     directory path raises AudioError here; what ffmpeg finds (no audio stream, not media) raises it on the
-    first `next()`, or at the end for a failure found late.
+    first `next()`, or at the end for a failure found late. The running ffmpeg process is kept in
+    `processes` (when given), so that another thread can kill it to stop a read blocked on a pipe.
     """
-    return _stream(_check_path(path), block_seconds, sample_rate)
+    return _stream(_check_path(path), block_seconds, sample_rate, processes)
 
 
-def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.ndarray]:
+def _stream(name: str, block_seconds: float, sample_rate: int, processes: set | None) -> Iterator[np.ndarray]:
     block_bytes = max(1, int(round(block_seconds * sample_rate))) * 4
     stdin = sys.stdin.buffer if name == STDIN else None
     proc = subprocess.Popen(
@@ -119,6 +120,8 @@ def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.nd
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    if processes is not None:
+        processes.add(proc)
     tail: collections.deque[str] = collections.deque(maxlen=20)
     threads = [threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)]
     if stdin is not None:
@@ -147,6 +150,8 @@ def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.nd
         if total == 0:
             raise AudioError(f"{name}: zero-length audio (the audio stream holds no samples)")
     finally:
+        if processes is not None:
+            processes.discard(proc)
         if proc.poll() is None:
             proc.kill()
             proc.wait()

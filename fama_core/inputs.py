@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 STDIN = "-"
@@ -25,10 +26,19 @@ class InputFile:
     path: str  # a file path, or "-" for stdin
     root: str | None = None  # the folder or glob root it was found under (its tree is mirrored)
     stem: str = ""  # output path without the format extension
+    error: str | None = None  # why it cannot be read, when that is known before reading (e.g. an unreadable folder)
 
     @property
     def name(self) -> str:
         return "<stdin>" if self.path == STDIN else self.path
+
+
+@dataclass
+class InputScan:
+    """What the arguments named: the inputs (some with an `error`), and warnings such as a glob matching nothing."""
+
+    items: list[InputFile]
+    warnings: list[str] = field(default_factory=list)
 
 
 def _is_glob(arg: str) -> bool:
@@ -45,43 +55,82 @@ def _glob_root(pattern: str) -> str:
     return str(Path(*keep)) if keep else "."
 
 
-def _media_in(folder: Path, recursive: bool) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+def _reason(e: OSError) -> str:
+    return (e.strerror or type(e).__name__).lower()
+
+
+def _media_in(folder: Path, recursive: bool, root: str) -> list[InputFile]:
+    """Media files in `folder` (sorted), and a failed item for every folder that cannot be read."""
+    found: list[InputFile] = []
+
+    def unreadable(e: OSError) -> None:
+        found.append(InputFile(str(e.filename or folder), root, error=f"cannot read folder: {_reason(e)}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        found += [Path(dirpath, f) for f in sorted(filenames)
+        found += [InputFile(str(Path(dirpath, f)), root) for f in sorted(filenames)
                   if not f.startswith(".") and Path(f).suffix.lower() in MEDIA_EXTENSIONS]
     return found
 
 
-def expand_inputs(args: list[str], recursive: bool = False) -> list[InputFile]:
+def _examine(arg: str) -> tuple[bool | None, str | None]:
+    """(is a folder, None), (None, None) when it does not exist, or (None, reason) when it cannot be examined."""
+    try:
+        return stat.S_ISDIR(os.stat(arg).st_mode), None
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as e:  # permission denied on a parent folder, a name too long, a symlink loop ...
+        return None, f"cannot access: {_reason(e)}"
+    except ValueError as e:  # an embedded NUL byte
+        return None, f"cannot access: {e}"
+
+
+def _expand_glob(arg: str, recursive: bool, scan: InputScan) -> None:
+    root = _glob_root(arg)
+    found = []
+    for m in sorted(glob.glob(arg, recursive=True)):
+        is_dir, _ = _examine(m)
+        if is_dir:
+            found += _media_in(Path(m), recursive, root)
+        elif not Path(m).name.startswith("."):
+            found.append(InputFile(m, root))
+    if not found:
+        scan.warnings.append(f"{arg}: matches no media files")
+    scan.items += found
+
+
+def find_inputs(args: list[str], recursive: bool = False) -> InputScan:
     """Inputs in argument order (folder and glob contents sorted), each real file once.
 
-    A path that does not exist stays in the list, so that it is reported as failed like any bad file.
+    A path that does not exist stays in the list, so that it is reported as failed like any bad file; a
+    path or folder that cannot be examined is listed with its `error`; a glob matching nothing is a warning.
     """
-    items: list[InputFile] = []
+    scan = InputScan([])
     for arg in args:
-        p = Path(arg)
+        is_dir, error = (False, None) if arg == STDIN else _examine(arg)
         if arg == STDIN:
-            items.append(InputFile(STDIN))
-        elif p.is_dir():
-            items += [InputFile(str(f), str(p)) for f in _media_in(p, recursive)]
-        elif not p.exists() and _is_glob(arg):
-            root = _glob_root(arg)
-            for m in sorted(glob.glob(arg, recursive=True)):
-                if Path(m).is_dir():
-                    items += [InputFile(str(f), root) for f in _media_in(Path(m), recursive)]
-                elif not Path(m).name.startswith("."):
-                    items.append(InputFile(m, root))
+            scan.items.append(InputFile(STDIN))
+        elif error:
+            scan.items.append(InputFile(arg, error=error))
+        elif is_dir:
+            scan.items += _media_in(Path(arg), recursive, arg)
+        elif is_dir is None and _is_glob(arg):
+            _expand_glob(arg, recursive, scan)
         else:
-            items.append(InputFile(arg))
+            scan.items.append(InputFile(arg))
     seen, unique = set(), []
-    for it in items:
-        key = it.path if it.path == STDIN or not Path(it.path).exists() else os.path.realpath(it.path)
+    for it in scan.items:
+        key = it.path if it.path == STDIN or it.error or _examine(it.path)[0] is None else os.path.realpath(it.path)
         if key not in seen:
             seen.add(key)
             unique.append(it)
-    return unique
+    scan.items = unique
+    return scan
+
+
+def expand_inputs(args: list[str], recursive: bool = False) -> list[InputFile]:
+    """The inputs of `find_inputs`, without its warnings."""
+    return find_inputs(args, recursive).items
 
 
 def assign_output_stems(items: list[InputFile], output_dir: str | Path | None = None) -> list[InputFile]:
@@ -124,5 +173,18 @@ def shard(items: list[InputFile], rank: int, world_size: int) -> list[InputFile]
 
 
 def torchrun_rank() -> tuple[int, int]:
-    """(RANK, WORLD_SIZE) from the environment torchrun sets; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    """(RANK, WORLD_SIZE) from the environment torchrun sets; (0, 1) otherwise. ValueError if they make no sense."""
+    raw_rank, raw_world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(raw_world)
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE={raw_world!r} is not a number") from None
+    try:
+        rank = int(raw_rank)
+    except ValueError:
+        raise ValueError(f"RANK={raw_rank!r} is not a number") from None
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE={raw_world!r} must be at least 1")
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={raw_rank!r} must be between 0 and WORLD_SIZE-1 ({world - 1})")
+    return rank, world

@@ -17,9 +17,17 @@ import itertools
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .inputs import STDIN, InputFile, assign_output_stems, shard
+
+if TYPE_CHECKING:
+    from .subtitles import SubtitleOptions, Transcript
 
 TEMP_MARK = ".fama-tmp-"
 _NAME_MAX = 255  # bytes in one path component on the file systems fama targets
@@ -226,3 +234,147 @@ def atomic_path(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         _unlink(tmp)
         raise
+
+
+# ----------------------------------------------------------------------------------------------- planning
+
+
+class PlanError(ValueError):
+    """A request that cannot be carried out as asked (a usage error: the command line exits 2)."""
+
+
+def parse_formats(specs: list[str] | None) -> list[str]:
+    """Formats from `-f` values (repeatable, comma-separated, "all"), in the canonical order of FORMATS."""
+    from .subtitles import FORMATS
+
+    chosen: list[str] = []
+    for spec in specs or []:
+        for name in spec.split(","):
+            name = name.strip().lower()
+            if name == "all":
+                chosen += FORMATS
+            elif name in FORMATS:
+                chosen.append(name)
+            else:
+                raise PlanError(f"unknown format {name!r}; choose from {', '.join(FORMATS)} or all")
+    return [f for f in FORMATS if f in chosen]
+
+
+@dataclass
+class OutputRequest:
+    """What the user asked for: where outputs go and what happens to existing ones."""
+
+    output_dir: str | None = None  # None: beside each input; "-": one input in one format to stdout
+    formats: list[str] = field(default_factory=list)  # empty: txt (to stdout for a single file argument)
+    skip_existing: bool = False  # an input whose outputs all exist is skipped; missing ones are written
+    overwrite: bool = False  # existing outputs are replaced (never an input)
+
+
+@dataclass
+class OutputPlan:
+    """Which inputs to transcribe, what to write for each, and which were skipped or refused up front."""
+
+    request: OutputRequest
+    to_stdout: bool
+    formats: list[str]
+    todo: list[InputFile] = field(default_factory=list)
+    skipped: list[InputFile] = field(default_factory=list)
+    refused: list[tuple[InputFile, str]] = field(default_factory=list)  # input, one-line reason
+    _formats_of: dict[int, list[str]] = field(default_factory=dict, repr=False)
+
+    def outputs(self, item: InputFile) -> list[Path]:
+        """The files that `write` will create for `item` (none when writing to stdout)."""
+        return [Path(f"{item.stem}.{fmt}") for fmt in self._formats_of.get(id(item), [])]
+
+    def write(self, item: InputFile, transcript: Transcript, subtitles: SubtitleOptions | None = None) -> list[Path]:
+        """Write `item`'s outputs as one set (all or none); OutputExistsError if one appeared meanwhile."""
+        from .subtitles import write_transcript
+
+        return write_transcript(transcript, item.stem, self._formats_of.get(id(item), []), subtitles,
+                                overwrite=self.request.overwrite)
+
+    def folders(self) -> list[str]:
+        """The folders the outputs go to, in first-use order."""
+        seen = dict.fromkeys(str(p.parent) for it in self.todo for p in self.outputs(it))
+        return list(seen)
+
+
+def _same_key(path: str | Path) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _identity(path: str | Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _check_output_dir(output_dir: str) -> None:
+    p = Path(output_dir)
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        what = "the output folder" if str(p) == output_dir else f"{p}, on the way to the output folder,"
+        raise PlanError(f"-o {output_dir}: {what} exists and is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise PlanError(f"-o {output_dir}: {p} is not writable")
+
+
+def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest, rank: int = 0,
+                 world: int = 1) -> OutputPlan:
+    """Decide, before anything is decoded, what this run (rank `rank` of `world`) writes for each input.
+
+    Sets every item's output stem (`assign_output_stems`, over all items so that ranks agree). Raises
+    PlanError for requests that make no sense; puts inputs that must not be transcribed in `refused`:
+    those that could not be listed, and those whose outputs exist (without `overwrite`/`skip_existing`) or
+    would replace an input (always). Concurrent writers are caught again at write time (`publish`).
+    """
+    r = request
+    if r.skip_existing and r.overwrite:
+        raise PlanError("--skip-existing and --overwrite exclude each other")
+    if any(it.path == STDIN for it in items) and len(items) > 1:
+        raise PlanError("stdin (-) cannot be combined with other inputs")
+    if r.output_dir == "-" and (len(items) > 1 or len(r.formats) > 1):
+        raise PlanError("-o - writes one input in one format to stdout")
+    single_file = len(items) == 1 and _examine_is_dir(args[0]) is not True
+    to_stdout = r.output_dir == "-" or (not r.formats and r.output_dir is None and single_file)
+    if r.output_dir not in (None, "-"):
+        _check_output_dir(r.output_dir)
+    formats = r.formats or ["txt"]
+    plan = OutputPlan(r, to_stdout, formats[:1] if to_stdout else formats)
+    assign_output_stems(items, None if to_stdout else r.output_dir)
+    names = {_same_key(it.path) for it in items if it.path != STDIN}
+    names |= {_same_key(os.path.realpath(it.path)) for it in items if it.path != STDIN}
+    inodes = {ident for it in items if it.path != STDIN and (ident := _identity(it.path))}
+    for it in shard(items, rank, world):
+        if it.error:
+            plan.refused.append((it, it.error))
+            continue
+        if to_stdout:
+            plan.todo.append(it)
+            continue
+        paths = [Path(f"{it.stem}.{fmt}") for fmt in formats]
+        clash = next((p for p in paths if _same_key(p) in names or _same_key(os.path.realpath(p)) in names
+                      or _identity(p) in inodes), None)
+        existing = [p for p in paths if os.path.lexists(p)]
+        if clash is not None:
+            plan.refused.append((it, f"output {clash} would replace an input; choose another -o"))
+        elif r.skip_existing and len(existing) == len(paths):
+            plan.skipped.append(it)
+        elif existing and not r.overwrite and not r.skip_existing:
+            plan.refused.append((it, f"output exists: {existing[0]} (use --overwrite or --skip-existing)"))
+        else:
+            plan.todo.append(it)
+            plan._formats_of[id(it)] = [f for f, p in zip(formats, paths) if r.overwrite or p not in existing]
+    return plan
+
+
+def _examine_is_dir(arg: str) -> bool | None:
+    if arg == STDIN:
+        return False
+    try:
+        return stat.S_ISDIR(os.stat(arg).st_mode)
+    except (OSError, ValueError):
+        return None

@@ -15,6 +15,7 @@ import dataclasses
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,8 @@ class TranscribeOptions:
     batch_size: int = 16  # most chunks decoded together
     batch_seconds: float = 480.0  # memory budget: padded audio seconds per batch
     pool_seconds: float = 900.0  # audio pooled (across files) and sorted by length before batching
-    detect_seconds: float = 30.0  # speech used to detect the language
+    detect_seconds: float = 30.0  # speech used to detect the language: exactly the first this many seconds
+    detect_source: bool = True  # translate: detect the spoken language too (recorded; the CLI warns if = target)
     readers: int = 2  # files decoded and VAD-split in parallel (hides ffmpeg start-up on many short files)
 
 
@@ -65,6 +67,26 @@ class FileResult:
 
 
 @dataclass
+class RunProgress:
+    """Where a `Pipeline.run` stands; given to its `progress` callback (every count only grows)."""
+
+    files: int = 0  # inputs in the run
+    files_read: int = 0  # inputs read to their end
+    files_done: int = 0  # inputs finished (transcript or error)
+    audio_read: float = 0.0  # seconds of audio read
+    speech_found: float = 0.0  # seconds of speech (VAD chunks) found in it
+    speech_done: float = 0.0  # seconds of speech decoded
+
+    def speech_total(self) -> float | None:
+        """Estimated seconds of speech in the whole run (None until a file has been read to its end)."""
+        if self.files_read == self.files:
+            return self.speech_found
+        if not self.files_read:
+            return None
+        return max(self.speech_found, self.speech_found / self.files_read * self.files)
+
+
+@dataclass
 class _File:
     item: InputFile
     source: Any  # a path, "-", or a 1-D 16 kHz waveform
@@ -76,7 +98,10 @@ class _File:
     read_done: bool = False
     finished: bool = False
     error: str | None = None
+    detect_pending: bool = False  # its language is still to be detected
+    detect_audio: list[torch.Tensor] = field(default_factory=list)  # its first `detect_seconds` of speech
     detect_scores: dict[str, float] = field(default_factory=dict)
+    detected: str | None = None  # the spoken language found by detection
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -208,9 +233,9 @@ def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
-def _waveform_blocks(source: Any, block_seconds: float) -> Iterator[np.ndarray]:
+def _waveform_blocks(source: Any, block_seconds: float, processes: set | None = None) -> Iterator[np.ndarray]:
     if isinstance(source, (str, Path)):
-        yield from stream_audio(str(source), block_seconds)
+        yield from stream_audio(str(source), block_seconds, processes=processes)
         return
     wave = np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source, dtype=np.float32).reshape(-1)
     step = int(block_seconds * SAMPLE_RATE)
@@ -219,8 +244,11 @@ def _waveform_blocks(source: Any, block_seconds: float) -> Iterator[np.ndarray]:
 
 
 def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOptions, out: queue.Queue,
-            stop: threading.Event) -> None:
-    """Thread: decode each file's media, cut it at pauses, and queue (file index, chunk) then (index, None)."""
+            stop: threading.Event, processes: set) -> None:
+    """Thread: decode each file's media, cut it at pauses, and queue (file index, chunk) then (index, None).
+
+    It checks `stop` at every block and chunk; a read blocked in ffmpeg is ended by killing `processes`.
+    """
     for i in next_file:
         f = files[i]
         if stop.is_set():
@@ -228,21 +256,71 @@ def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOpt
 
         def counted(blocks: Iterable[np.ndarray], f: _File = f) -> Iterator[np.ndarray]:
             for b in blocks:
+                if stop.is_set():
+                    return
                 f.samples += len(b)
                 yield b
 
         try:
-            for chunk in iter_speech_chunks(counted(_waveform_blocks(f.source, BLOCK_SECONDS)), options.vad):
+            for chunk in iter_speech_chunks(counted(_waveform_blocks(f.source, BLOCK_SECONDS, processes)),
+                                            options.vad):
                 if stop.is_set():
                     return
                 out.put((i, chunk))
+            if stop.is_set():
+                return
             if f.samples == 0:
                 raise AudioError("no audio samples (empty or zero-length stream)")
         except Exception as e:  # one bad file never stops the others
+            if stop.is_set():
+                return
             reason = str(e) if isinstance(e, AudioError) else f"{type(e).__name__}: {e}"
             f.error = reason.removeprefix(f"{f.source}: ")
         out.put((i, None))
     out.put(None)
+
+
+def _stop_readers(readers: list[threading.Thread], chunks: queue.Queue, processes: set, wait: float) -> None:
+    """Unblock the readers so that they see `stop`: empty their queue, kill their ffmpeg; wait at most `wait` s."""
+    deadline = time.monotonic() + wait
+    while any(r.is_alive() for r in readers) and time.monotonic() < deadline:
+        for proc in list(processes):
+            try:
+                proc.kill()
+            except OSError:
+                pass
+        try:
+            chunks.get(timeout=0.05)
+        except queue.Empty:
+            pass
+
+
+def check_options(options: TranscribeOptions, model: FamaModel, tokenizer: Tokenizer) -> None:
+    """ValueError naming the option, for options that cannot work (with this model)."""
+    o, d = options, options.decode
+    if o.task not in ("transcribe", "translate"):
+        raise ValueError(f"unknown task {o.task!r}; choose transcribe or translate")
+    if o.task == "translate" and o.language == "auto":
+        raise ValueError("translation needs a target language")
+    if o.language != "auto" and o.language not in tokenizer.languages:
+        raise ValueError(f"language {o.language!r} is not one of the model's ({', '.join(tokenizer.languages)})")
+    if o.language == "auto" and model.cfg.src_vocab_size != model.cfg.vocab_size:
+        raise ValueError("--lang auto needs a model whose two CTC heads share a dictionary; give the language")
+    checks = [
+        (d.beam_size >= 1, f"beam size must be at least 1, not {d.beam_size}"),
+        (d.beam_size < model.cfg.vocab_size,
+         f"beam size {d.beam_size} must be smaller than the model's vocabulary ({model.cfg.vocab_size} tokens)"),
+        (d.max_len_b >= 1, f"max tokens must be at least 1, not {d.max_len_b}"),
+        (d.no_repeat_ngram_size >= 0, f"no-repeat n-gram size must be 0 (off) or more, not {d.no_repeat_ngram_size}"),
+        (0.0 <= d.ctc_weight <= 1.0, f"CTC weight must be between 0 and 1, not {d.ctc_weight}"),
+        (o.batch_size >= 1, f"batch size must be at least 1, not {o.batch_size}"),
+        (o.batch_seconds > 0 and o.pool_seconds > 0, "batch_seconds and pool_seconds must be positive"),
+        (o.detect_seconds > 0, f"detect_seconds must be positive, not {o.detect_seconds}"),
+        (o.readers >= 1, f"readers must be at least 1, not {o.readers}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 class Pipeline:
@@ -250,47 +328,60 @@ class Pipeline:
 
     def __init__(self, model: FamaModel, tokenizer: Tokenizer, options: TranscribeOptions | None = None,
                  model_name: str = "", devices: list[str] | None = None):
-        """`devices`: decode on each of these with its own copy of `model` (default: `model`'s device only)."""
+        """`devices`: decode on each of these with its own copy of `model` (default: `model`'s device only).
+
+        Raises ValueError for options that cannot work with this model.
+        """
+        self.options = options or TranscribeOptions()
+        check_options(self.options, model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         if devices and torch.device(devices[0]) != model.device:
             model.to(devices[0])
         self.replicas = [model] + [copy.deepcopy(model).to(d) for d in (devices or [])[1:]]
-        self.options = options or TranscribeOptions()
         self.model_name = model_name
         o = self.options
-        if o.task not in ("transcribe", "translate"):
-            raise ValueError(f"unknown task {o.task!r}; choose transcribe or translate")
-        if o.task == "translate" and o.language == "auto":
-            raise ValueError("translation needs a target language")
-        if o.language != "auto":
-            tokenizer.lang_tag_id(o.language)  # raises for a language the model lacks
-        elif model.cfg.src_vocab_size != model.cfg.vocab_size:
-            raise ValueError("--lang auto needs a model whose two CTC heads share a dictionary; give the language")
+        shared_heads = model.cfg.src_vocab_size == model.cfg.vocab_size
+        # translation: the source language is detected too (when the model can), to say so when it is the target
+        self.detect = o.language == "auto" or (o.task == "translate" and o.detect_source and shared_heads)
 
     def run(self, items: list[InputFile], sources: list[Any] | None = None,
-            progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:
+            progress: Callable[[RunProgress], None] | None = None) -> Iterator[FileResult]:
         """FileResults, each as soon as its file is done (not necessarily in input order).
 
-        `sources` replaces the paths of `items` with waveforms (library use); `progress` gets the seconds
-        of audio decoded after every batch.
+        `sources` replaces the paths of `items` with waveforms (library use); `progress` gets a `RunProgress`
+        whenever audio was read or decoded. Stopping early (closing the iterator, Ctrl-C) stops the readers
+        and their ffmpeg processes.
         """
         o, tok = self.options, self.tokenizer
         fixed = None if o.language == "auto" else tok.lang_tag_id(o.language)
-        files = [_File(it, it.path if sources is None else sources[i], fixed, None if fixed is None else o.language)
-                 for i, it in enumerate(items)]
+        files = [_File(it, it.path if sources is None else sources[i], fixed, None if fixed is None else o.language,
+                       detect_pending=self.detect) for i, it in enumerate(items)]
+        stats = RunProgress(files=len(files))
         chunks: queue.Queue = queue.Queue(maxsize=8)  # the reader stays at most a few chunks ahead
-        stop = threading.Event()
+        stop, processes = threading.Event(), set()
         next_file = iter(range(len(files)))  # shared by the readers; next() on a range iterator is atomic
-        readers = [threading.Thread(target=_reader, args=(files, next_file, o, chunks, stop), daemon=True)
+        readers = [threading.Thread(target=_reader, args=(files, next_file, o, chunks, stop, processes), daemon=True)
                    for _ in range(max(1, min(o.readers, len(files))))]
         for reader in readers:
             reader.start()
+
+        active: set[int] = set()  # files being read: their `samples` still grow
+        read_samples = 0  # of the files read to the end
+
+        def report() -> None:
+            if progress:
+                stats.audio_read = (read_samples + sum(files[i].samples for i in active)) / SAMPLE_RATE
+                progress(dataclasses.replace(stats))
+
         running = len(readers)
         pool: list[tuple[int, int, torch.Tensor]] = []  # file index, chunk index, audio
-        pooled, reading = 0.0, True
+        reading = True
         try:
             while reading or pool:
-                while reading and pooled < o.pool_seconds:
+                # chunks of files whose language is still undecided wait in the pool: read beyond them
+                waiting = sum(len(p[2]) for p in pool if files[p[0]].lang_id is None) / SAMPLE_RATE
+                pooled = sum(len(p[2]) for p in pool) / SAMPLE_RATE
+                while reading and pooled < o.pool_seconds + waiting:
                     msg = chunks.get()
                     if msg is None:
                         running -= 1
@@ -300,24 +391,46 @@ class Pipeline:
                     f = files[i]
                     if chunk is None:
                         f.read_done = True
-                        if f.error or len(f.results) == len(f.chunks):
+                        stats.files_read += 1
+                        active.discard(i)
+                        read_samples += f.samples
+                        if f.error:
                             pool = [p for p in pool if p[0] != i]
+                        if self._finished(f):
+                            stats.files_done += 1
                             yield self._finish(f)
+                        report()
                         continue
                     audio = torch.as_tensor(np.asarray(chunk.audio, dtype=np.float32)).reshape(-1)
+                    active.add(i)
                     pool.append((i, len(f.chunks), audio))
                     f.chunks.append((float(chunk.start), float(chunk.end)))
+                    self._keep_for_detection(f, audio)
                     pooled += len(audio) / SAMPLE_RATE
-                if pool:
-                    yield from self._decode_pool(files, pool, progress)
-                pool, pooled = [], 0.0
+                    stats.speech_found += len(audio) / SAMPLE_RATE
+                    report()
+                if pool or any(f.detect_pending and f.read_done for f in files):
+                    for result in self._decode_pool(files, pool, stats, report):
+                        stats.files_done += 1
+                        yield result
+                        report()
+                    pool = [p for p in pool if files[p[0]].lang_id is None and files[p[0]].error is None]
         finally:
             stop.set()
-            while any(r.is_alive() for r in readers):  # unblock the readers so they can see `stop`
-                try:
-                    chunks.get(timeout=0.1)
-                except queue.Empty:
-                    pass
+            _stop_readers(readers, chunks, processes, wait=1.0)
+
+    def _keep_for_detection(self, f: _File, audio: torch.Tensor) -> None:
+        """Keep exactly the first `detect_seconds` of the file's speech for language detection."""
+        if not f.detect_pending:
+            return
+        room = int(self.options.detect_seconds * SAMPLE_RATE) - sum(len(a) for a in f.detect_audio)
+        if room > 0:
+            f.detect_audio.append(audio[:room])
+
+    def _finished(self, f: _File) -> bool:
+        if f.finished or not f.read_done:
+            return False
+        return bool(f.error) or (len(f.results) == len(f.chunks) and not f.detect_pending)
 
     def _map(self, fn: Callable[[FamaModel, list[int]], Any],
              batches: Iterable[list[int]]) -> Iterator[tuple[list[int], Any, Exception | None]]:
@@ -325,9 +438,10 @@ class Pipeline:
         if len(self.replicas) == 1:
             for b in batches:
                 try:
-                    yield b, fn(self.replicas[0], b), None
+                    result, error = fn(self.replicas[0], b), None
                 except Exception as e:
-                    yield b, None, e
+                    result, error = None, e
+                yield b, result, error
             return
         todo: queue.SimpleQueue = queue.SimpleQueue()
         for b in batches:
@@ -357,40 +471,40 @@ class Pipeline:
                     running -= 1
                 else:
                     yield msg
-        finally:  # stopped early: the workers finish their current batch and take no other
+        finally:  # stopped early: the workers finish their current batch, take no other, and are joined
             while True:
                 try:
                     todo.get_nowait()
                 except queue.Empty:
                     break
+            for w in workers:
+                w.join()
 
-    def _decode_pool(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]],
-                     progress: Callable[[float], None] | None) -> Iterator[FileResult]:
+    def _decode_pool(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]], stats: RunProgress,
+                     report: Callable[[], None]) -> Iterator[FileResult]:
+        """Detect the languages that can be decided, decode every pooled chunk whose language is known."""
         o = self.options
-        self._detect_languages(files, pool)
-        lengths = [len(p[2]) for p in pool]
-        order = sorted(range(len(pool)), key=lambda j: -lengths[j])
-        batches = [kept for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE))
-                   if (kept := [j for j in batch if files[pool[j][0]].error is None])]
+        self._detect_languages(files)
+        ready = [p for p in pool if files[p[0]].lang_id is not None and files[p[0]].error is None]
+        lengths = [len(p[2]) for p in ready]
+        order = sorted(range(len(ready)), key=lambda j: -lengths[j])
+        batches = list(_batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)))
 
         def decode(model: FamaModel, batch: list[int]) -> list:
-            return self._decode_batch(model, [pool[j][2] for j in batch], [files[pool[j][0]].lang_id for j in batch])
+            return self._decode_batch(model, [ready[j][2] for j in batch], [files[ready[j][0]].lang_id for j in batch])
 
-        touched = set()
         for batch, results, error in self._map(decode, batches):
             if error is not None:
                 for j in batch:
-                    files[pool[j][0]].error = f"decoding failed: {type(error).__name__}: {error}"
+                    files[ready[j][0]].error = f"decoding failed: {type(error).__name__}: {error}"
                 results = []
             for j, r in zip(batch, results):
-                i, c, _ = pool[j]
+                i, c, _ = ready[j]
                 files[i].results[c] = r
-            touched.update(pool[j][0] for j in batch)
-            if progress:
-                progress(sum(lengths[j] for j in batch) / SAMPLE_RATE)
-        for i in sorted(touched | {p[0] for p in pool}):
-            f = files[i]
-            if f.read_done and not f.finished and (f.error or len(f.results) == len(f.chunks)):
+            stats.speech_done += sum(lengths[j] for j in batch) / SAMPLE_RATE
+            report()
+        for f in files:
+            if self._finished(f):
                 yield self._finish(f)
 
     def _decode_batch(self, model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int]) -> list:
@@ -399,27 +513,36 @@ class Pipeline:
         except Exception as e:
             if not _is_oom(e) or len(audios) == 1:
                 raise
-            if model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            half = len(audios) // 2
-            first = self._decode_batch(model, audios[:half], lang_ids[:half])
-            return first + self._decode_batch(model, audios[half:], lang_ids[half:])
+        # out of memory: retried in halves here, outside the `except`, so that the failed attempt's tensors
+        # (held by the exception's traceback) are freed first
+        if model.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(audios) // 2
+        first = self._decode_batch(model, audios[:half], lang_ids[:half])
+        return first + self._decode_batch(model, audios[half:], lang_ids[half:])
 
-    def _detect_languages(self, files: list[_File], pool: list[tuple[int, int, torch.Tensor]]) -> None:
-        """Language of each auto file still undecided: `language_scores` summed over its first speech chunks."""
-        languages = self.tokenizer.languages
-        picks: list[tuple[int, torch.Tensor]] = []
-        budget: dict[int, float] = {}
-        for i, _, audio in sorted(pool, key=lambda p: (p[0], p[1])):
-            f = files[i]
-            if f.lang_id is None and f.error is None and budget.get(i, 0.0) < self.options.detect_seconds:
-                picks.append((i, audio))
-                budget[i] = budget.get(i, 0.0) + len(audio) / SAMPLE_RATE
-        if not picks:
+    def _detect_languages(self, files: list[_File]) -> None:
+        """Detect the language of every file whose first `detect_seconds` of speech (or whole speech) is in.
+
+        Each file is scored on exactly that audio, in batches of its own chunks only, so that its scores do
+        not depend on which other files happened to be read at the same time.
+        """
+        target = int(self.options.detect_seconds * SAMPLE_RATE)
+        due = [i for i, f in enumerate(files) if f.detect_pending and f.error is None
+               and (f.read_done or sum(len(a) for a in f.detect_audio) >= target)]
+        for i in [i for i, f in enumerate(files) if f.detect_pending and f.error]:
+            files[i].detect_pending = False
+        if not due:
             return
-        lengths = [len(a) for _, a in picks]
-        order = sorted(range(len(picks)), key=lambda j: -lengths[j])
-        batches = _batches(order, lengths, self.options.batch_size, int(self.options.batch_seconds * SAMPLE_RATE))
+        languages = self.tokenizer.languages
+        picks = [(i, a) for i in due for a in files[i].detect_audio]
+        batches = []
+        for i in due:
+            own = [j for j, (k, _) in enumerate(picks) if k == i]
+            lengths = {j: len(picks[j][1]) for j in own}
+            order = sorted(own, key=lambda j: (-lengths[j], j))
+            batches += _batches(order, [lengths.get(j, 0) for j in range(len(picks))], self.options.batch_size,
+                                int(self.options.batch_seconds * SAMPLE_RATE))
 
         def score(model: FamaModel, batch: list[int]) -> torch.Tensor:
             return language_scores(model, self.tokenizer, [picks[j][1] for j in batch], languages)
@@ -432,15 +555,19 @@ class Pipeline:
                 else:
                     f = files[picks[j][0]]
                     f.error = f.error or f"language detection failed: {type(error).__name__}: {error}"
-        for j in sorted(rows):  # summed in input order: the same totals however the batches were spread
+        for j in sorted(rows):  # summed in chunk order: the same totals however the batches were spread
             f = files[picks[j][0]]
             for lang, s in zip(languages, rows[j]):
                 f.detect_scores[lang] = f.detect_scores.get(lang, 0.0) + s
-        for i in budget:
+        for i in due:
             f = files[i]
-            if f.error is None:
-                f.language = max(f.detect_scores, key=f.detect_scores.get)
-                f.lang_id = self.tokenizer.lang_tag_id(f.language)
+            f.detect_pending, f.detect_audio = False, []
+            if f.error is None and f.detect_scores:
+                f.detected = max(f.detect_scores, key=f.detect_scores.get)
+                if f.lang_id is None:
+                    f.language, f.lang_id = f.detected, self.tokenizer.lang_tag_id(f.detected)
+            elif f.error is None and f.lang_id is None and f.chunks:
+                f.error = "language detection found nothing to score; give the language"
 
     def _finish(self, f: _File) -> FileResult:
         f.finished = True
@@ -452,7 +579,7 @@ class Pipeline:
         segments = make_segments(self.tokenizer, [f.chunks[c] for c in order], [f.results[c] for c in order])
         language = f.language or (o.language if o.language != "auto" else None)
         if o.task == "translate":
-            source = next((lang for lang in self.tokenizer.languages if lang != o.language), None)
+            source = f.detected or next((lang for lang in self.tokenizer.languages if lang != o.language), None)
         else:
             source = language
         options = {"task": o.task, "language": o.language, **dataclasses.asdict(o.decode),
@@ -469,7 +596,10 @@ class Pipeline:
 
 def _run_library(audio: Any, model: Any, options: TranscribeOptions, device: str | None,
                  dtype: str | None) -> Transcript | list[Transcript]:
-    devices = resolve_devices(device) if device is not None or isinstance(model, (str, Path)) else None
+    # a model loaded here goes on one device (the first GPU, else the CPU) unless `device` names more
+    devices = resolve_devices(device) if device is not None else None
+    if devices is None and isinstance(model, (str, Path)):
+        devices = resolve_devices(None)[:1]
     if isinstance(model, (str, Path)):
         name = str(model)
         model, tokenizer = load_model(model, device=devices[0], dtype=dtype)
@@ -502,7 +632,8 @@ def transcribe(audio: Any, model: Any = "fama-small", language: str = "auto", *,
     """Speech recognition of a media path, a 16 kHz mono waveform, or a list of them (-> a list).
 
     `model` is a name/path for `load_model` or a `(model, tokenizer)` pair; `language` is "en", "it" or
-    "auto"; `device`: as `--device` ("cuda:0,cuda:1" decodes on both; default every GPU, else the CPU);
+    "auto"; `device`: as `--device` ("cuda:0,cuda:1" decodes on both; default: a model named by `model` goes
+    on the first GPU, else the CPU, and a given model stays where it is);
     extra keyword arguments set `DecodeOptions` fields (beam_size=1, greedy=True, ...).
     """
     return _run_library(audio, model, _options("transcribe", language, options, decode_kwargs), device, dtype)

@@ -69,6 +69,16 @@ class SubtitleOptions:
     max_line_count: int = 2
     max_duration: float = 7.0  # seconds per cue
     max_gap: float = 1.5  # a pause this long ends the cue
+    min_cue_seconds: float = 0.8  # shortest cue on screen
+    max_cps: float = 20.0  # reading speed: most characters per second
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("max_duration", "max_gap", "min_cue_seconds", "max_cps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
 
 
 @dataclass

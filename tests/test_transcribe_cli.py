@@ -152,25 +152,25 @@ def test_stdin_pipe(tiny, media):
 
 
 def test_crash_mid_write_leaves_no_partial_files(tiny, media, tmp_path, monkeypatch):
-    from fama_core import subtitles
+    from fama_core import outputs
 
-    real_replace = os.replace
+    real_link = os.link
     calls = []
 
-    def crash_on_second(src, dst):
+    def crash_on_second(src, dst, **kw):
         calls.append(dst)
         if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C between writing the temp file and renaming it
-        real_replace(src, dst)
+            raise KeyboardInterrupt  # Ctrl-C between writing the temp files and giving them their names
+        real_link(src, dst, **kw)
 
-    monkeypatch.setattr(subtitles.os, "replace", crash_on_second)
-    result = CliRunner().invoke(app, ["transcribe", str(media / "cheetah_en.wav"), "-o", str(tmp_path), "--srt",
-                                      "--txt", "--lang", "en", "--model", tiny, *FAST])
-    assert result.exit_code != 0 and len(calls) == 2  # click turns Ctrl-C into "Aborted!"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cheetah_en.txt"]  # complete, renamed; no temp left
-    monkeypatch.setattr(subtitles.os, "replace", real_replace)
+    monkeypatch.setattr(outputs.os, "link", crash_on_second)
     code, out, err = run("transcribe", media / "cheetah_en.wav", "-o", tmp_path, "--srt", "--txt", "--lang", "en",
-                         "--model", tiny, "--skip-existing", *FAST)
+                         "--model", tiny, *FAST)
+    assert code == 130 and len(calls) == 2 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []  # the input's set is all or nothing: no output, no temporary file
+    monkeypatch.setattr(outputs.os, "link", real_link)
+    code, out, err = run("transcribe", media / "cheetah_en.wav", "-o", tmp_path, "--srt", "--txt", "--lang", "en",
+                         "--model", tiny, *FAST)
     assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["cheetah_en.srt", "cheetah_en.txt"]
 
 
@@ -179,7 +179,12 @@ def test_translate(tiny, media, tmp_path):
                          "--model", tiny, *FAST)
     assert code == 0, err
     d = json.loads((tmp_path / "cheetah_en.json").read_text(encoding="utf-8"))
-    assert (d["task"], d["language"], d["source_language"]) == ("translate", "it", "en")
+    scores = d["options"]["language_scores"]  # the spoken language is detected (random weights: either)
+    assert (d["task"], d["language"], d["source_language"]) == ("translate", "it", max(scores, key=scores.get))
+    code, out, err = run("translate", media / "cheetah_en.wav", "--to", "it", "--lang", "en", "-o", tmp_path,
+                         "--json", "--model", tiny, "--overwrite", *FAST)
+    d = json.loads((tmp_path / "cheetah_en.json").read_text(encoding="utf-8"))
+    assert code == 0 and d["source_language"] == "en" and "language_scores" not in d["options"]
 
 
 def test_lang_auto_records_scores(tiny, media, tmp_path):
