@@ -12,22 +12,27 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _hide_flag_types() -> None:
-    """Show boolean flags as `--srt`, not `--srt <bool>`, in every command's help."""
-    from typer.core import TyperOption
+def _plain_help() -> None:
+    """Help as click writes it: boolean flags as `--srt`, not `--srt <bool>`; a usage line `INPUTS...`, not
+    `{inputs}...` (this version of typer's rendering)."""
+    from typer.core import TyperArgument, TyperOption
 
     shown = getattr(TyperOption, "display_type_rich", None)
-    if shown is None or getattr(shown, "_fama", False):
-        return
+    if shown is not None and not getattr(shown, "_fama", False):
+        def display_type_rich(self, ctx):
+            return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_bool_flag", False) else shown(self, ctx)
+        display_type_rich._fama = True
+        TyperOption.display_type_rich = display_type_rich
+    if hasattr(TyperArgument, "_usage_display_name"):
+        def usage_name(self) -> str:
+            name = self.metavar or self.name.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
 
-    display_type_rich._fama = True
-    TyperOption.display_type_rich = display_type_rich
+        TyperArgument._usage_display_name = usage_name
 
 
-_hide_flag_types()
+_plain_help()
 
 app = typer.Typer(
     name="fama",

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from fama_core.subtitles import SubtitleOptions
 
 Inputs = Annotated[list[str], typer.Argument(help="Media files, folders, glob patterns, or - for stdin",
-                                             metavar="INPUTS...", show_default=False)]
+                                             show_default=False)]
 Model = Annotated[str, typer.Option("--model", "-m", help="Alias, Hugging Face repo id, model folder or .pt")]
 Device = Annotated[str | None, typer.Option(help="cpu, cuda (every visible GPU), cuda:1, or a list such as "
                                                  "cuda:0,cuda:2 (default: every GPU, else the CPU)")]

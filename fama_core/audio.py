@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -79,9 +80,18 @@ def _decode_command(name: str, sample_rate: int) -> list[str]:
 
 
 def _pump(src, dst) -> None:
-    """Forward our stdin into ffmpeg's, in pieces (runs in a thread)."""
+    """Forward our stdin into ffmpeg's, in pieces (runs in a thread).
+
+    Reads the file descriptor, not `sys.stdin.buffer`: a daemon thread blocked inside the buffered reader
+    holds its lock, and Python aborts at exit ("could not acquire lock ... at interpreter shutdown").
+    """
     try:
-        while piece := src.read(1 << 16):
+        fd = src.fileno()
+        read = lambda: os.read(fd, 1 << 16)  # noqa: E731
+    except (AttributeError, OSError, ValueError):  # an in-memory stdin (tests)
+        read = lambda: src.read(1 << 16)  # noqa: E731
+    try:
+        while piece := read():
             dst.write(piece)
     except (BrokenPipeError, OSError, ValueError):
         pass  # ffmpeg stopped reading (it failed, or we closed it)
