@@ -226,3 +226,108 @@ def test_lang_auto_refuses_a_model_whose_ctc_heads_have_different_dictionaries(t
     with pytest.raises(ValueError, match="--lang auto needs a model whose two CTC heads share a dictionary"):
         Pipeline(other, tok, TranscribeOptions(language="auto"))
     Pipeline(other, tok, TranscribeOptions(language="en"))  # a given language needs no detection
+
+
+def test_oom_retry_runs_after_the_failed_attempt_is_released(tiny, monkeypatch):
+    """Halved retries start only once the failed attempt's tensors (kept alive by its traceback) are freed."""
+    import sys
+    import weakref
+
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
+    failed: list[weakref.ref] = []
+    calls = []
+
+    def fake_decode(model, audios, lang_ids, options):
+        calls.append((len(audios), sys.exc_info()[0], [r() is None for r in failed]))
+        if len(audios) > 1:
+            activations = torch.ones(1000, 1000)  # what the failed attempt had allocated
+            failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [([], [])]
+
+    monkeypatch.setattr(tr, "decode_chunks", fake_decode)
+    results = list(Pipeline(*tiny, TranscribeOptions(language="en", batch_size=4)).run([InputFile("f")], waves(8)))
+    assert results[0].error is None
+    assert [n for n, _, _ in calls] == [4, 2, 1, 1, 2, 1, 1]
+    assert all(exc is None for _, exc, _ in calls)  # never retried inside an `except` block
+    assert all(all(freed) for n, _, freed in calls if n == 1)  # the failed attempts' tensors were gone
+
+
+def test_language_detection_uses_exactly_the_first_detect_seconds(tiny, monkeypatch):
+    """Same file -> the same scores, from exactly its first 5 s of speech, whatever was read alongside it."""
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(3.0))
+    model, tok = tiny
+    a, b, c = waves(10, 7, 4)
+    first = torch.as_tensor(a)
+    expected = language_scores(model, tok, [first[:48000], first[48000:80000]], tok.languages).sum(0)
+    expected = {lang: round(float(s), 4) for lang, s in zip(tok.languages, expected)}
+    runs = []
+    for others, readers, pool in (([], 1, 900.0), ([b, c], 2, 900.0), ([c, b], 3, 2.0), ([b], 2, 4.0)):
+        opts = TranscribeOptions(decode=DecodeOptions(beam_size=1, max_len_b=4), detect_seconds=5.0,
+                                 readers=readers, pool_seconds=pool)
+        items = [InputFile(f"o{k}") for k in range(len(others))] + [InputFile("a")]
+        res = {r.item.path: r for r in Pipeline(model, tok, opts).run(items, [*others, a])}
+        t = res["a"].transcript
+        runs.append((t.options["language_scores"], t.language))
+    assert runs[0][0] == expected and runs[0][1] == max(expected, key=expected.get)
+    assert all(r == runs[0] for r in runs)
+
+
+def test_progress_moves_with_the_audio(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
+    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: [([], [])] * len(audios))
+    seen: list[tr.RunProgress] = []
+    opts = TranscribeOptions(language="en", batch_size=2, pool_seconds=4.0, readers=1)
+    results = list(Pipeline(*tiny, opts).run([InputFile(f"f{i}") for i in range(3)], waves(5, 3, 4),
+                                             progress=seen.append))
+    assert len(results) == 3 and len(seen) > 6
+    fields = ("files_read", "files_done", "audio_read", "speech_found", "speech_done")
+    for before, after in zip(seen, seen[1:]):
+        assert all(getattr(after, f) >= getattr(before, f) for f in fields)
+    done = [p.speech_done for p in seen]
+    assert len(set(done)) >= 4  # it moves batch by batch, not only at the end
+    last = seen[-1]
+    assert (last.files, last.files_read, last.files_done) == (3, 3, 3)
+    assert last.audio_read == pytest.approx(12.0) and last.speech_done == pytest.approx(12.0)
+    assert last.speech_total() == pytest.approx(12.0)
+    assert any(0 < p.speech_done < 12.0 and p.speech_total() is not None for p in seen)
+
+
+def test_library_puts_a_named_model_on_one_device(tiny, monkeypatch):
+    monkeypatch.setattr(tr, "resolve_devices", lambda spec: ["cpu", "cpu"])  # as if two GPUs were visible
+    monkeypatch.setattr(tr, "load_model", lambda name, device=None, dtype=None: tiny)
+    replicas = []
+    real_init = Pipeline.__init__
+
+    def spy(self, *a, **k):
+        real_init(self, *a, **k)
+        replicas.append(len(self.replicas))
+
+    monkeypatch.setattr(Pipeline, "__init__", spy)
+    silence = np.zeros(16000, dtype=np.float32)
+    tr.transcribe(silence, "fama-small", "en", beam_size=1)
+    tr.transcribe(silence, "fama-small", "en", device="cuda", beam_size=1)  # asked for every GPU
+    assert replicas == [1, 2]
+
+
+def test_stopping_early_joins_the_device_workers(tiny, monkeypatch):
+    """Ctrl-C in the middle of a pool: the device threads finish their batch and are gone when run() is."""
+    import threading
+    import time
+
+    monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(1.0))
+
+    def slow_decode(model, audios, lang_ids, options):
+        time.sleep(0.3)
+        return [([], []) for _ in audios]
+
+    def interrupt(p):
+        if p.speech_done > 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "decode_chunks", slow_decode)
+    before = threading.active_count()
+    pipeline = Pipeline(*tiny, TranscribeOptions(language="en", batch_size=1), devices=["cpu", "cpu"])
+    with pytest.raises(KeyboardInterrupt):
+        list(pipeline.run([InputFile(f"f{i}") for i in range(3)], waves(4, 4, 4), progress=interrupt))
+    assert threading.active_count() == before
