@@ -17,8 +17,9 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from .audio import SAMPLE_RATE
+
 N_MELS = 80
-SAMPLE_RATE = 16000
 HOP = 160  # 10 ms
 WIN = 400  # 25 ms
 N_FFT = 512  # WIN rounded up to a power of two

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SAMPLE_RATE = 16000
+from .audio import SAMPLE_RATE
+
 WINDOW = 512  # 32 ms: the window Silero VAD is trained on at 16 kHz
 CONTEXT = 64  # samples of the previous window Silero prepends to each window
 MIN_BATCH, BATCH = 256, 2048  # windows per model call (8 s to 65 s): small calls cost thread-pool overhead
