@@ -147,6 +147,14 @@ def _subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds:
                            max_cps=max_cps)
 
 
+def _has_subfolders(arg: str) -> bool:
+    try:
+        with os.scandir(arg) as entries:
+            return any(e.is_dir() and not e.name.startswith(".") for e in entries)
+    except OSError:
+        return False
+
+
 def _plan(inputs: list[str], recursive: bool, output_dir: str | None, formats: list[str], skip_existing: bool,
           overwrite: bool) -> tuple[OutputPlan, str]:
     """The output plan of this rank, and the rank's prefix for printed lines. Usage errors exit 2."""
@@ -156,7 +164,7 @@ def _plan(inputs: list[str], recursive: bool, output_dir: str | None, formats: l
     rank, world = _usage(torchrun_rank)
     scan = find_inputs(inputs, recursive=recursive)
     if not scan.items:
-        hint = "" if recursive or not any(os.path.isdir(a) for a in inputs) else " (use --recursive for subfolders)"
+        hint = "" if recursive or not any(map(_has_subfolders, inputs)) else " (use --recursive for subfolders)"
         raise fail(f"no media files found in {' '.join(inputs)}{hint}", 2)
     for warning in scan.warnings:
         _line("warning", warning)

@@ -362,7 +362,10 @@ def test_globs_that_match_nothing(clips, tmp_path, monkeypatch):
     code, _, err = run("transcribe", "tree/**/*.ogg", "--txt", *FAST)
     assert code == 2 and "no media files found in tree/**/*.ogg" in err and "--recursive" not in err
     code, _, err = run("transcribe", "tree", "--txt", *FAST)
-    assert code == 2 and "(use --recursive for subfolders)" in err
+    assert code == 2 and "no media files found in tree" in err and "--recursive" not in err
+    (tmp_path / "tree" / "sub").mkdir()
+    code, _, err = run("transcribe", "tree", "--txt", *FAST)
+    assert code == 2 and "no media files found in tree (use --recursive for subfolders)" in err
 
 
 def test_summary_names_the_output_folder_and_notes_no_speech(clips, tmp_path):
