@@ -99,28 +99,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temps(path: str | Path) -> list[Path]:
+_MINE = re.compile(rf"\.(.+){re.escape(TEMP_MARK)}{_HOST}-(\d+)-\d+")
+_LEGACY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.part")  # the temporary names of fama before this writer
+_scans: dict[str, dict[str, list[str]]] = {}  # folder -> target base name -> temporary names found there
+
+
+def _scan(folder: str) -> dict[str, list[str]]:
+    """Temporary names in `folder` that fama runs on this host left and that are not being written now."""
+    found: dict[str, list[str]] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return found
+    for name in names:
+        if (m := _MINE.fullmatch(name)) and not _alive(int(m.group(2))) or (m := _LEGACY.fullmatch(name)):
+            found.setdefault(m.group(1), []).append(name)
+    return found
+
+
+def forget_scans() -> None:
+    """Make the next write into each folder look for stale temporary files again (at the start of a run)."""
+    _scans.clear()
+
+
+def clean_stale_temps(path: str | Path, *, rescan: bool = True) -> list[Path]:
     """Remove the temporary files of `path` left by fama runs on this host that no longer exist.
 
     Also removes `.NAME.XXXXXXXX.part` files, the temporary names of fama versions before this writer.
+    With `rescan=False` each folder is listed once (until `forget_scans`), not at every write.
     """
     path = Path(path)
-    mine = re.compile(rf"\.{re.escape(_temp_base(path.name))}{re.escape(TEMP_MARK)}{_HOST}-(\d+)-\d+")
-    legacy = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.part")
+    folder = str(path.parent) or "."
+    if rescan or folder not in _scans:
+        _scans[folder] = _scan(folder)
+    found = _scans[folder]
+    stale = found.pop(_temp_base(path.name), []) + (found.pop(path.name, []) if _temp_base(path.name) != path.name
+                                                    else [])
     removed = []
-    try:
-        names = os.listdir(path.parent if str(path.parent) else ".")
-    except OSError:
-        return removed
-    for name in names:
-        m = mine.fullmatch(name)
-        if (m and not _alive(int(m.group(1)))) or legacy.fullmatch(name):
-            stale = path.with_name(name)
-            try:
-                os.unlink(stale)
-                removed.append(stale)
-            except OSError:
-                pass
+    for name in stale:
+        try:
+            os.unlink(path.with_name(name))
+            removed.append(path.with_name(name))
+        except OSError:
+            pass
     return removed
 
 
@@ -196,7 +217,7 @@ def write_all(files: Mapping[str | Path, bytes | str], *, overwrite: bool) -> li
         for p, data in files.items():
             path = Path(p)
             path.parent.mkdir(parents=True, exist_ok=True)
-            clean_stale_temps(path)
+            clean_stale_temps(path, rescan=False)
             staged.append((_write_temp(path, data), path))
         for tmp, path in staged:
             published.append(publish(tmp, path, overwrite=overwrite))
@@ -219,7 +240,7 @@ def atomic_path(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(path)
+    clean_stale_temps(path, rescan=False)
     tmp = temp_path(path)
     try:
         yield tmp
@@ -332,6 +353,7 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
     would replace an input (always). Concurrent writers are caught again at write time (`publish`).
     """
     r = request
+    forget_scans()
     if r.skip_existing and r.overwrite:
         raise PlanError("--skip-existing and --overwrite exclude each other")
     if any(it.path == STDIN for it in items) and len(items) > 1:

@@ -213,3 +213,13 @@ def test_publish_without_hard_links_is_still_exclusive(tmp_path, monkeypatch):
     with pytest.raises(OutputExistsError):
         atomic_write(tmp_path / "a.txt", "2\n", overwrite=False)
     assert (tmp_path / "a.txt").read_text() == "1\n" and names(tmp_path) == ["a.txt"]
+
+
+def test_a_folder_is_listed_once_per_run_not_at_every_write(tmp_path, monkeypatch):
+    real = os.listdir
+    listed = []
+    monkeypatch.setattr(outputs.os, "listdir", lambda p: listed.append(p) or real(p))
+    outputs.forget_scans()
+    for k in range(20):
+        write_all({tmp_path / f"f{k}.srt": "x", tmp_path / f"f{k}.txt": "y"}, overwrite=False)
+    assert listed == [str(tmp_path)] and len(names(tmp_path)) == 40
