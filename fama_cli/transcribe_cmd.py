@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -112,39 +112,26 @@ def _set_threads(threads: int | None) -> None:
 def _decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
                     greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
                     detect_source: bool = True) -> TranscribeOptions:
+    """The library's options, checked by the library (what needs the model is checked once it is loaded)."""
     from fama_core.decoding import DecodeOptions
-    from fama_core.pipeline import TranscribeOptions
+    from fama_core.pipeline import TranscribeOptions, check_options
     from fama_core.vad import VadOptions
 
-    if not 1.0 <= max_chunk_seconds <= 120.0:
-        raise fail("--max-chunk-seconds must be between 1 and 120", 2)
-    for name, value in (("--beam-size", beam_size), ("--batch-size", batch_size), ("--max-tokens", max_tokens)):
-        if value < 1:
-            raise fail(f"{name} must be at least 1", 2)
-    if no_repeat_ngram_size < 0:
-        raise fail("--no-repeat-ngram-size must be 0 (off) or more", 2)
-    if not 0.0 <= ctc_weight <= 1.0:
-        raise fail("--ctc-weight must be between 0 and 1", 2)
     decode = DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
                            greedy=greedy, max_len_b=max_tokens)
-    return TranscribeOptions(task=task, language=language, decode=decode,
-                             vad=_usage(VadOptions, max_chunk_s=max_chunk_seconds), batch_size=batch_size,
-                             detect_source=detect_source)
+    options = TranscribeOptions(task=task, language=language, decode=decode,
+                                vad=_usage(VadOptions, max_chunk_s=max_chunk_seconds), batch_size=batch_size,
+                                detect_source=detect_source)
+    _usage(check_options, options)
+    return options
 
 
 def _subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
                       max_cps: float) -> SubtitleOptions:
     from fama_core.subtitles import SubtitleOptions
 
-    for name, value in (("--max-line-width", max_line_width), ("--max-line-count", max_line_count)):
-        if value < 1:
-            raise fail(f"{name} must be at least 1", 2)
-    for name, value in (("--max-cue-seconds", max_cue_seconds), ("--min-cue-seconds", min_cue_seconds),
-                        ("--max-cps", max_cps)):
-        if not value > 0:
-            raise fail(f"{name} must be positive", 2)
-    return SubtitleOptions(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
-                           max_cps=max_cps)
+    return _usage(SubtitleOptions, max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
+                  max_cps=max_cps)
 
 
 def _has_subfolders(arg: str) -> bool:
@@ -196,7 +183,8 @@ def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool
     return _usage(Pipeline, loaded, tokenizer, options, model_name=model, devices=devices)
 
 
-def _results(pipeline: Pipeline, plan: OutputPlan, progress) -> Iterator[FileResult]:
+def _results(pipeline: Pipeline, plan: OutputPlan,
+             progress: Callable[[RunProgress], None] | None) -> Iterator[FileResult]:
     """Every input's FileResult: the one place results come from (another executor can replace it)."""
     return pipeline.run(plan.todo, progress=progress)
 
@@ -268,7 +256,8 @@ def _summary(who: str, tally: _Tally, wall: float, plan: OutputPlan) -> None:
               f"audio in {_hms(wall)}{rtf}{where}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _execute(plan: OutputPlan, who: str, make_pipeline, subs: SubtitleOptions, quiet: bool) -> None:
+def _execute(plan: OutputPlan, who: str, make_pipeline: Callable[[], Pipeline], subs: SubtitleOptions,
+             quiet: bool) -> None:
     """Transcribe what the plan says, report each failure on one line, then the summary; exit 1 on failures,
     130 on Ctrl-C (after an `interrupted` line and the summary)."""
     tally, started = _Tally(skipped=len(plan.skipped)), time.perf_counter()

@@ -295,29 +295,32 @@ def _stop_readers(readers: list[threading.Thread], chunks: queue.Queue, processe
             pass
 
 
-def check_options(options: TranscribeOptions, model: FamaModel, tokenizer: Tokenizer) -> None:
-    """ValueError naming the option, for options that cannot work (with this model)."""
+def check_options(options: TranscribeOptions, model: FamaModel | None = None,
+                  tokenizer: Tokenizer | None = None) -> None:
+    """ValueError naming the option, for options that cannot work; with `model`, also for that model."""
     o, d = options, options.decode
-    if o.task not in ("transcribe", "translate"):
-        raise ValueError(f"unknown task {o.task!r}; choose transcribe or translate")
-    if o.task == "translate" and o.language == "auto":
-        raise ValueError("translation needs a target language")
-    if o.language != "auto" and o.language not in tokenizer.languages:
-        raise ValueError(f"language {o.language!r} is not one of the model's ({', '.join(tokenizer.languages)})")
-    if o.language == "auto" and model.cfg.src_vocab_size != model.cfg.vocab_size:
-        raise ValueError("--lang auto needs a model whose two CTC heads share a dictionary; give the language")
     checks = [
+        (o.task in ("transcribe", "translate"), f"unknown task {o.task!r}; choose transcribe or translate"),
+        (o.task != "translate" or o.language != "auto", "translation needs a target language"),
         (d.beam_size >= 1, f"beam size must be at least 1, not {d.beam_size}"),
-        (d.beam_size < model.cfg.vocab_size,
-         f"beam size {d.beam_size} must be smaller than the model's vocabulary ({model.cfg.vocab_size} tokens)"),
         (d.max_len_b >= 1, f"max tokens must be at least 1, not {d.max_len_b}"),
         (d.no_repeat_ngram_size >= 0, f"no-repeat n-gram size must be 0 (off) or more, not {d.no_repeat_ngram_size}"),
         (0.0 <= d.ctc_weight <= 1.0, f"CTC weight must be between 0 and 1, not {d.ctc_weight}"),
+        (1.0 <= o.vad.max_chunk_s <= 120.0, f"max chunk seconds must be between 1 and 120, not {o.vad.max_chunk_s}"),
         (o.batch_size >= 1, f"batch size must be at least 1, not {o.batch_size}"),
         (o.batch_seconds > 0 and o.pool_seconds > 0, "batch_seconds and pool_seconds must be positive"),
         (o.detect_seconds > 0, f"detect_seconds must be positive, not {o.detect_seconds}"),
         (o.readers >= 1, f"readers must be at least 1, not {o.readers}"),
     ]
+    if model is not None:
+        checks.append((d.beam_size < model.cfg.vocab_size,
+                       f"beam size {d.beam_size} must be smaller than the model's vocabulary "
+                       f"({model.cfg.vocab_size} tokens)"))
+        checks.append((o.language != "auto" or model.cfg.src_vocab_size == model.cfg.vocab_size,
+                       "--lang auto needs a model whose two CTC heads share a dictionary; give the language"))
+    if tokenizer is not None:
+        checks.append((o.language == "auto" or o.language in tokenizer.languages,
+                       f"language {o.language!r} is not one of the model's ({', '.join(tokenizer.languages)})"))
     for ok, message in checks:
         if not ok:
             raise ValueError(message)

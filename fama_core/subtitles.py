@@ -73,12 +73,13 @@ class SubtitleOptions:
     max_cps: float = 20.0  # reading speed: most characters per second
 
     def __post_init__(self) -> None:
-        for name in ("max_line_width", "max_line_count"):
+        for name, label in (("max_line_width", "max line width"), ("max_line_count", "max line count")):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("max_duration", "max_gap", "min_cue_seconds", "max_cps"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
+                raise ValueError(f"{label} must be at least 1, not {getattr(self, name)}")
+        for name, label in (("max_duration", "max cue seconds"), ("max_gap", "max gap"),
+                            ("min_cue_seconds", "min cue seconds"), ("max_cps", "max cps")):
+            if not getattr(self, name) > 0:  # NaN too
+                raise ValueError(f"{label} must be positive, not {getattr(self, name)}")
 
 
 @dataclass

@@ -179,14 +179,16 @@ def test_a_path_in_a_folder_that_cannot_be_searched(clips, tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--max-tokens", "0"], "--max-tokens must be at least 1"),
-    (["--max-tokens", "-1"], "--max-tokens must be at least 1"),
+    (["--max-tokens", "0"], "max tokens must be at least 1, not 0"),
+    (["--max-tokens", "-1"], "max tokens must be at least 1, not -1"),
     (["--beam-size", "257"], "beam size 257 must be smaller than the model's vocabulary (257 tokens)"),
-    (["--max-cue-seconds", "0"], "--max-cue-seconds must be positive"),
-    (["--max-cue-seconds", "-5"], "--max-cue-seconds must be positive"),
-    (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size must be 0 (off) or more"),
-    (["--min-cue-seconds", "0"], "--min-cue-seconds must be positive"),
-    (["--max-cps", "-1"], "--max-cps must be positive"),
+    (["--max-cue-seconds", "0"], "max cue seconds must be positive, not 0.0"),
+    (["--max-cue-seconds", "-5"], "max cue seconds must be positive, not -5.0"),
+    (["--no-repeat-ngram-size", "-1"], "no-repeat n-gram size must be 0 (off) or more, not -1"),
+    (["--min-cue-seconds", "0"], "min cue seconds must be positive, not 0.0"),
+    (["--max-cps", "-1"], "max cps must be positive, not -1.0"),
+    (["--max-chunk-seconds", "200"], "max chunk seconds must be between 1 and 120, not 200.0"),
+    (["--ctc-weight", "1.5"], "CTC weight must be between 0 and 1, not 1.5"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--task", "summarize"], "--task must be transcribe or translate"),
     (["--to", "it"], "--to goes with --task translate"),
