@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import shutil
 import stat
@@ -48,10 +49,11 @@ _REASONS = [
 ]
 
 
-def _check_path(path: str | Path) -> str:
+def _check_path(path: str | Path) -> tuple[str, bool]:
+    """The name to report, and whether it is a stream we feed to ffmpeg (stdin, a FIFO, `<(...)`)."""
     name = str(path)
     if name == STDIN:
-        return name
+        return name, True
     try:
         info = Path(path).stat()
     except FileNotFoundError:
@@ -60,10 +62,13 @@ def _check_path(path: str | Path) -> str:
         raise AudioError(f"{name}: cannot read: {e.strerror or e}") from None
     if stat.S_ISDIR(info.st_mode):
         raise AudioError(f"{name}: is a directory, not a media file")
-    # only a regular file's size means anything: a FIFO or `<(...)` reports 0 and is read as a stream
-    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
-        raise AudioError(f"{name}: empty file (0 bytes)")
-    return name
+    # only a regular file's size means anything: a FIFO or `<(...)` reports 0 and is read as a stream; and we
+    # read it ourselves, since `<(...)`'s /dev/fd/N is one of our file descriptors, closed in ffmpeg
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size == 0:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        return name, False
+    return name, True
 
 
 def _reason(errors: list[str]) -> str:
@@ -74,16 +79,16 @@ def _reason(errors: list[str]) -> str:
     return f"ffmpeg failed: {errors[-1].strip()}" if errors else "ffmpeg failed"
 
 
-def _decode_command(name: str, sample_rate: int) -> list[str]:
+def _decode_command(name: str, piped: bool, sample_rate: int) -> list[str]:
     # "file:" keeps names such as "10:30 talk.mp3" from being read as a protocol
-    stream = ffmpeg.input("pipe:" if name == STDIN else f"file:{name}")["a:0"]
+    stream = ffmpeg.input("pipe:" if piped else f"file:{name}")["a:0"]
     # rematrix_maxval=1 makes the downmix an average, as for integer output (float output would be louder)
     out = ffmpeg.output(
         stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, rematrix_maxval=1.0
     )
     # info level for the input's header (its declared duration); each line tagged with its level
     head = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "level+info"]
-    return out.compile(cmd=head + ([] if name == STDIN else ["-nostdin"]))
+    return out.compile(cmd=head + ([] if piped else ["-nostdin"]))
 
 
 _LOG_LINE = re.compile(r"^(?:\[[^\]]*\] )*?\[(panic|fatal|error|warning|info)\] ?(.*)$")
@@ -131,13 +136,16 @@ class _FfmpegLog:
                              "transcribe the part that is there")
 
 
-def _pump(src, dst) -> None:
-    """Forward our stdin into ffmpeg's, in pieces (runs in a thread)."""
+def _pump(name: str, dst, failed: list[OSError]) -> None:
+    """Forward our stdin, or the FIFO `name`, into ffmpeg's stdin, in pieces (runs in a thread)."""
     try:
-        while piece := src.read(1 << 16):
-            dst.write(piece)
-    except (BrokenPipeError, OSError, ValueError):
+        with contextlib.nullcontext(sys.stdin.buffer) if name == STDIN else open(name, "rb") as src:
+            while piece := src.read(1 << 16):
+                dst.write(piece)
+    except (BrokenPipeError, ValueError):
         pass  # ffmpeg stopped reading (it failed, or we closed it)
+    except OSError as e:
+        failed.append(e)
     finally:
         try:
             dst.close()
@@ -166,24 +174,26 @@ def stream_audio(
 
     Only one block is in memory at a time; closing the iterator early stops ffmpeg. A missing, empty or
     directory path raises AudioError here; what ffmpeg finds (no audio stream, not media) raises it on the
-    first `next()`, or at the end for a failure found late.
+    first `next()`; NaN or infinite samples at the block that holds them; a file that ends well short of
+    the duration its header declares (truncated), at the end.
     """
     return _stream(_check_path(path), block_seconds, sample_rate)
 
 
-def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.ndarray]:
+def _stream(source: tuple[str, bool], block_seconds: float, sample_rate: int) -> Iterator[np.ndarray]:
+    name, piped = source
     block_bytes = max(1, int(round(block_seconds * sample_rate))) * 4
-    stdin = sys.stdin.buffer if name == STDIN else None
     proc = subprocess.Popen(
-        _decode_command(name, sample_rate),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        _decode_command(name, piped, sample_rate),
+        stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     log = _FfmpegLog()
+    unreadable: list[OSError] = []
     threads = [threading.Thread(target=_drain, args=(proc.stderr, log), daemon=True)]
-    if stdin is not None:
-        threads.append(threading.Thread(target=_pump, args=(stdin, proc.stdin), daemon=True))
+    if piped:
+        threads.append(threading.Thread(target=_pump, args=(name, proc.stdin, unreadable), daemon=True))
     for thread in threads:
         thread.start()
     total = 0
@@ -205,6 +215,8 @@ def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.nd
             yield block
         proc.wait()
         threads[0].join()
+        if unreadable:
+            raise AudioError(f"{name}: cannot read: {unreadable[0].strerror or unreadable[0]}")
         if proc.returncode != 0:
             raise AudioError(f"{name}: {_reason(list(log.errors))}")
         if total == 0:
