@@ -14,10 +14,13 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from fama_cli.main import app
-from fama_core.audio import ffmpeg_exe
+from fama_core import load_model
+from fama_core.audio import ffmpeg_exe, load_audio
+from fama_core.pipeline import TranscribeError, transcribe
 
 from conftest import ROOT
 
@@ -109,3 +112,13 @@ def test_process_substitution_input_is_transcribed(tmp_path) -> None:
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     assert out.stdout == CATS_TEXT
+
+
+def test_library_refuses_a_waveform_with_nan() -> None:
+    model = load_model(str(MODEL), device="cpu")
+    wave_ok = load_audio(CATS)
+    assert transcribe(wave_ok, model, language="en").text == CATS_TEXT.strip()
+    broken = wave_ok.copy()
+    broken[40000] = np.nan
+    with pytest.raises(TranscribeError, match=r"^<array 0>: audio contains NaN/Inf samples \(the first at 2\.50 s\)$"):
+        transcribe(broken, model, language="en")
