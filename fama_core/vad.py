@@ -184,7 +184,8 @@ class _Energy:
 
 @cache
 def _note_fallback() -> None:
-    """Once per process, through logging (the CLI's -q raises the `fama_core` logger's level past it)."""
+    """Once per process, through logging: one stderr line by default; silenced by raising the `fama_core`
+    logger's level (what `-q` is for)."""
     log.warning("note: silero-vad is not installed: using the energy VAD fallback (pip install silero-vad)")
 
 
