@@ -130,8 +130,16 @@ def _subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds:
                       max_cps: float) -> SubtitleOptions:
     from fama_core.subtitles import SubtitleOptions
 
-    return _usage(SubtitleOptions, max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
-                  max_cps=max_cps)
+    try:
+        return SubtitleOptions(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
+                               max_cps=max_cps)
+    except ValueError as e:  # the library names its fields; say which option
+        message = str(e)
+        for field, flag in (("max_duration", "--max-cue-seconds"), ("min_cue_seconds", "--min-cue-seconds"),
+                            ("max_cps", "--max-cps"), ("max_line_width", "--max-line-width"),
+                            ("max_line_count", "--max-line-count")):
+            message = message.replace(field, flag)
+        raise fail(message, 2) from None
 
 
 def _has_subfolders(arg: str) -> bool:
