@@ -279,7 +279,7 @@ def _execute(plan: OutputPlan, who: str, make_pipeline: Callable[[], Pipeline], 
             bar = _Progress(f"{who}{pipeline.options.task}", len(plan.todo),
                             not quiet and err.is_terminal and not plan.to_stdout)
             try:
-                for res in _results(pipeline, plan, bar):
+                for res in _results(pipeline, plan, bar if bar.bar is not None else None):
                     tally.seconds += res.seconds
                     error = _deliver(res, plan, subs, quiet)
                     if error is None:
