@@ -7,14 +7,15 @@ pickles go through an allow-listed unpickler and remote modeling code is never d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from safetensors.torch import load_file, save_file
 
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
-from .tokenizer import Tokenizer
+from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
 FORMAT_NAME = "fama"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, MODEL_FILE, DICT_FILE)  # everything a model folder consists of
 
 HF_ALIASES = {
     "fama-small": "FBK-MT/fama-small",
@@ -173,6 +175,32 @@ def safe_torch_load(path: str | Path) -> Any:
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first}") from None
 
 
+# --------------------------------------------------------------------------------------- writing
+
+
+def _file_mode() -> int:
+    """0666 minus the umask, read without changing it (os.umask would, for every thread)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary name beside `path`, renamed to `path` on success (without `overwrite`: only if still free)."""
+    tmp = path.with_name(f".{path.name}.fama-tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 # --------------------------------------------------------------------------------------- formats
 
 
@@ -292,26 +320,58 @@ def load_fama_folder(folder: Path) -> tuple[FamaModel, Tokenizer]:
     return build_model(cfg, sd, str(folder / WEIGHTS_FILE)), Tokenizer.from_folder(folder)
 
 
-def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype: torch.dtype | None = None,
-               extra: dict[str, Any] | None = None) -> Path:
-    """Write fama's model folder (config.json, model.safetensors, tokenizer files) atomically."""
+def check_output_folder(folder: str | Path, *, overwrite: bool = False, protect: Iterable[str | Path] = ()) -> Path:
+    """Refuse an output model folder that would lose data, before anything is computed or written.
+
+    Refused: a folder equal to or containing one of the `protect` paths (the inputs), a path that is not a
+    folder, and a folder that holds anything unless `overwrite` (which then replaces only the model files).
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    target = folder.resolve()
+    for p in protect:
+        src = Path(p).resolve()
+        if src == target or target in src.parents:
+            raise CheckpointError(f"{folder}: the output folder {'is' if src == target else 'contains'} the input "
+                                  f"{p}; choose another output folder")
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: exists and is not a folder")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise CheckpointError(f"{folder}: the folder exists and is not empty; choose a new folder, or pass "
+                              f"--overwrite to replace only its model files ({', '.join(MODEL_FILES)})")
+    return folder
+
+
+def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype: torch.dtype | None = None,
+               extra: dict[str, Any] | None = None, *, overwrite: bool = False,
+               protect: Iterable[str | Path] = ()) -> Path:
+    """Write fama's model folder: config.json, model.safetensors, tokenizer.model, dict.txt.
+
+    The folder is created if missing; an existing non-empty folder is refused unless `overwrite`, which
+    replaces only those four files and never touches anything else in it. Each file is written to a temporary
+    name and renamed. `protect` lists the inputs (checkpoints) the folder must not be or contain; the
+    tokenizer's own files are always protected.
+    """
+    own = [tokenizer.model_path] + ([tokenizer.dict_path] if tokenizer.dict_path is not None else [])
+    folder = check_output_folder(folder, overwrite=overwrite, protect=[*protect, *own])
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict(),
+            "languages": tokenizer.languages, **(extra or {})}
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-              for k, v in model.state_dict().items()}
-        save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": FORMAT_NAME})
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict(),
-                "languages": tokenizer.languages, **(extra or {})}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        tokenizer.save(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with contextlib.ExitStack() as stack:
+            tmp = {name: stack.enter_context(_atomic_path(folder / name, overwrite=overwrite))
+                   for name in MODEL_FILES}
+            save_file(sd, tmp[WEIGHTS_FILE], metadata={"format": FORMAT_NAME})
+            os.chmod(tmp[WEIGHTS_FILE], _file_mode())  # safetensors creates its file 0600
+            tmp[CONFIG_FILE].write_text(json.dumps(meta, indent=2) + "\n")
+            shutil.copyfile(tokenizer.model_path, tmp[MODEL_FILE])
+            if tokenizer.dict_path is not None:
+                shutil.copyfile(tokenizer.dict_path, tmp[DICT_FILE])
+            else:
+                write_fairseq_dict(tokenizer.sp, tmp[DICT_FILE])
+    except FileExistsError as e:
+        raise CheckpointError(f"{e.filename}: appeared while the model was being written; not replaced") from None
     return folder
 
 
