@@ -15,11 +15,11 @@ from fama_cli.main import app, fail, human_size, out
 
 @app.command()
 def pull(
-    name: Annotated[str, typer.Argument(help="Alias (fama-small, fama-medium, fama-small-asr, fama-medium-asr) "
-                                             "or Hugging Face repo id")],
+    name: Annotated[str, typer.Argument(help="Alias (fama-small, fama-medium, fama-small-asr, fama-medium-asr; "
+                                             "fama-demo ships with fama) or Hugging Face repo id")],
     revision: Annotated[str | None, typer.Option(help="Branch, tag or commit")] = None,
     local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Use the cache only")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
 ) -> None:
     """Download a model into the Hugging Face cache (HF_HOME) and check that it loads."""
@@ -69,21 +69,23 @@ def convert(
 
 
 @app.command()
-def models(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the model aliases and what is in the local cache, with sizes."""
-    from fama_core.checkpoints import HF_ALIASES, cached_models
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON")] = False) -> None:
+    """List the models: the demo model that ships with fama, the aliases, and what is in the local cache."""
+    from fama_core.checkpoints import BUNDLED, HF_ALIASES, MODEL_FILES, cached_models
 
     cached = {r["repo"]: r for r in cached_models()}
-    rows = [{"alias": a, "repo": r, "cached": r in cached, "size_bytes": cached.get(r, {}).get("size_bytes", 0)}
-            for a, r in HF_ALIASES.items()]
-    rows += [{"alias": None, "repo": r, "cached": True, "size_bytes": c["size_bytes"]}
+    rows = [{"alias": a, "repo": None, "cached": True, "path": str(p),
+             "size_bytes": sum((p / f).stat().st_size for f in MODEL_FILES)} for a, p in BUNDLED.items()]
+    rows += [{"alias": a, "repo": r, "cached": r in cached, "path": cached.get(r, {}).get("path"),
+              "size_bytes": cached.get(r, {}).get("size_bytes", 0)} for a, r in HF_ALIASES.items()]
+    rows += [{"alias": None, "repo": r, "cached": True, "path": c["path"], "size_bytes": c["size_bytes"]}
              for r, c in cached.items() if r not in HF_ALIASES.values()]
     if as_json:
         print(json.dumps(rows))
         return
     table = Table("alias", "repository", "cached", "size")
     for r in rows:
-        table.add_row(r["alias"] or "", r["repo"], "yes" if r["cached"] else "no",
-                      human_size(r["size_bytes"]) if r["cached"] else "")
+        table.add_row(r["alias"] or "", r["repo"] or "(ships with fama: tiny demo, synthetic voices only)",
+                      "yes" if r["cached"] else "no", human_size(r["size_bytes"]) if r["cached"] else "")
     out.print(table)
     out.print(f"cache: {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}")
