@@ -89,3 +89,23 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print the list 
                       "yes" if r["cached"] else "no", human_size(r["size_bytes"]) if r["cached"] else "")
     out.print(table)
     out.print(f"cache: {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Folder to copy the demo clips into (created if missing)")]
+    = Path("fama-demo-clips"),
+) -> None:
+    """Copy the demo clips (short English and Italian sentences, synthetic voices) into FOLDER; never overwrites.
+
+    Then: fama transcribe FOLDER --model fama-demo --srt --txt. The demo model ships with fama and needs no
+    network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for real speech).
+    """
+    from fama_core.checkpoints import CheckpointError, copy_demo_clips
+
+    try:
+        copied, same = copy_demo_clips(folder)
+    except (CheckpointError, OSError) as e:
+        raise fail(str(e)) from None
+    out.print(f"{folder}: {len(copied)} clips copied" + (f", {len(same)} already there" if same else ""))
+    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pickle
 import re
@@ -223,14 +224,39 @@ class _Lazy:
     key: str
     shape: tuple[int, ...]
     floating: bool
+    nbytes: int
 
-    def read(self) -> torch.Tensor:
-        # A fresh memory map per tensor: pages of the file stay resident only while one tensor is copied out.
+
+_MAP_BYTES = 64 << 20  # tensors read per memory map of a weights file
+
+
+def _read_tensors(sd: Weights, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for `keys`; safetensors data comes from memory maps of about 64 MB of tensors each.
+
+    The tensors are views of the mapped file (no copy). A map is released when its tensors are: pages of
+    tensors converted to another dtype stay resident only while their map is open.
+    """
+    keys = list(keys)
+    i = 0
+    while i < len(keys):
+        v = sd[keys[i]]
+        if not isinstance(v, _Lazy):
+            yield keys[i], v
+            i += 1
+            continue
+        group, size = [], 0
+        while i < len(keys) and isinstance(sd[keys[i]], _Lazy) and sd[keys[i]].path == v.path and (
+                not group or size + sd[keys[i]].nbytes <= _MAP_BYTES):
+            group.append(keys[i])
+            size += sd[keys[i]].nbytes
+            i += 1
         try:
-            with safe_open(self.path, framework="pt") as f:
-                return f.get_tensor(self.key)
+            with safe_open(v.path, framework="pt") as f:
+                tensors = [(k, f.get_tensor(sd[k].key)) for k in group]
         except (SafetensorError, OSError, RuntimeError) as e:
-            raise CheckpointError(f"{self.path}: unreadable tensor {self.key}: {e}") from None
+            raise CheckpointError(f"{v.path}: unreadable weights (truncated or corrupted?): {e}") from None
+        while tensors:
+            yield tensors.pop(0)
 
 
 Weights = dict[str, "torch.Tensor | _Lazy"]
@@ -243,7 +269,8 @@ def _open_safetensors(path: Path) -> Weights:
             out: Weights = {}
             for k in f.keys():
                 sl = f.get_slice(k)
-                out[k] = _Lazy(path, k, tuple(sl.get_shape()), sl.get_dtype() in _FLOAT_CODES)
+                shape = tuple(sl.get_shape())
+                out[k] = _Lazy(path, k, shape, sl.get_dtype() in _FLOAT_CODES, math.prod(shape) * 4)
             return out
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{path}: unreadable weights (truncated or corrupted?): {e}") from None
@@ -391,27 +418,54 @@ def build_model(cfg: ModelConfig, sd: Weights, source: str, device: str | torch.
     the meta device (no memory, no random initialisation) and each tensor is read, converted and assigned one
     at a time, so loading holds one copy of the weights plus one tensor.
     """
-    with torch.device("meta"):
+    with torch.device("meta"), _no_random_init_on_meta():
         model = FamaModel(cfg)
     expected = model.state_dict()
     problem = _mismatch(expected, sd)
     if problem:
         raise CheckpointError(f"{source}: weights do not match the FAMA architecture; {problem}")
-    target = dtype or torch.float32
-    loaded: dict[str, torch.Tensor] = {}
     for k, want in expected.items():
-        v = sd[k]
-        floating = v.floating if isinstance(v, _Lazy) else v.is_floating_point()
+        floating = sd[k].floating if isinstance(sd[k], _Lazy) else sd[k].is_floating_point()
         if floating != want.is_floating_point():
             raise CheckpointError(f"{source}: tensor {k} is {'' if floating else 'not '}floating point, unlike the "
                                   f"model's {want.dtype}")
-        t = v.read() if isinstance(v, _Lazy) else v
-        if floating and not torch.isfinite(t).all():
+    target = dtype or torch.float32
+    loaded: dict[str, torch.Tensor] = {}
+    for k, t in _read_tensors(sd, expected):
+        floating = t.is_floating_point()
+        if floating and not _all_finite(t):
             raise CheckpointError(f"{source}: tensor {k} contains NaN or infinite values")
-        loaded[k] = t.to(device=device, dtype=target if floating else want.dtype)
-        del t
+        out = t.to(device=device, dtype=target if floating else expected[k].dtype)
+        # a float tensor already in the target dtype stays a view of the mapped file; other unconverted ones
+        # (BatchNorm's counters) are copied so that the maps of converted tensors can be released
+        loaded[k] = out.clone() if not floating and out.data_ptr() == t.data_ptr() else out
+        del t, out
     model.load_state_dict(loaded, strict=True, assign=True)
     return model
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`, without a temporary as large as `t`: a float64 sum of values of at most
+    float32's range cannot overflow, so it is finite exactly when every value is."""
+    if t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
+@contextlib.contextmanager
+def _no_random_init_on_meta() -> Iterator[None]:
+    """Skip `nn.init.normal_` on meta tensors: torch's meta implementation of it takes seconds on first use, and
+    a model built to receive weights needs no random values. Tensors on real devices are initialised as usual."""
+    real = torch.nn.init.normal_
+
+    def normal_(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor if tensor.is_meta else real(tensor, *args, **kwargs)
+
+    torch.nn.init.normal_ = normal_
+    try:
+        yield
+    finally:
+        torch.nn.init.normal_ = real
 
 
 def _tokenizer(model_path: Path, dict_path: Path | None = None) -> Tokenizer:
@@ -576,6 +630,43 @@ def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype
     except FileExistsError as e:
         raise CheckpointError(f"{e.filename}: appeared while the model was being written; not replaced") from None
     return folder
+
+
+# --------------------------------------------------------------------------------------- demo
+
+
+def demo_clips() -> list[Path]:
+    """The short clips that ship with the demo model (English and Italian sentences, synthetic voices)."""
+    return sorted((BUNDLED["fama-demo"] / "clips").glob("*.wav"))
+
+
+def copy_demo_clips(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Copy the demo clips into `folder` (created if missing): (copied, already there with the same bytes).
+
+    Never replaces a file: a different file of the same name is a CheckpointError naming it, after the others
+    are copied.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    copied, same, clash = [], [], []
+    for clip in demo_clips():
+        dst = folder / clip.name
+        if dst.exists():
+            (same if dst.is_file() and dst.read_bytes() == clip.read_bytes() else clash).append(dst)
+            continue
+        try:
+            with _atomic_path(dst, overwrite=False) as tmp:
+                shutil.copyfile(clip, tmp)
+        except FileExistsError:
+            clash.append(dst)
+            continue
+        copied.append(dst)
+    if clash:
+        raise CheckpointError(f"{clash[0]}: exists and is not the demo clip; not replaced"
+                              + (f" (nor {len(clash) - 1} more)" if len(clash) > 1 else ""))
+    return copied, same
 
 
 # --------------------------------------------------------------------------------------- hub
