@@ -103,7 +103,7 @@ def _failed(message: str) -> None:
 
 
 def _execute(r: _Run) -> None:
-    from fama_core.checkpoints import CheckpointError, load_model
+    from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import assign_output_stems, expand_inputs, shard, torchrun_rank
     from fama_core.pipeline import Pipeline, TranscribeOptions, resolve_devices
@@ -112,7 +112,7 @@ def _execute(r: _Run) -> None:
 
     if r.skip_existing and r.overwrite:
         raise fail("--skip-existing and --overwrite exclude each other", 2)
-    if r.dtype not in ("float32", "float16", "bfloat16"):
+    if r.dtype not in DTYPES:
         raise fail(f"unknown dtype {r.dtype!r}; choose float32, float16 or bfloat16", 2)
     for name, value in (("--beam-size", r.beam_size), ("--batch-size", r.batch_size),
                         ("--max-line-width", r.max_line_width), ("--max-line-count", r.max_line_count)):
