@@ -64,7 +64,6 @@ class ModelConfig:
             (self.decoder_dim == self.d_model, "decoder_dim must equal d_model (the top CTC head adds the decoder's "
                                                "language embedding to the encoder output)"),
             (self.subsampler_channels % 2 == 0, "subsampler_channels must be even (GLU halves them)"),
-            (self.ctc_encoder_layer <= self.encoder_layers, "ctc_encoder_layer must be at most encoder_layers"),
             (max(self.pad, self.eos) < min(self.vocab_size, self.src_vocab_size), "pad and eos must be vocabulary ids"),
         ]
         for ok, why in rules:
