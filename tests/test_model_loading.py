@@ -213,3 +213,22 @@ def test_cuda_on_a_machine_without_cuda_is_a_clear_error():
         assert str(e.value) == "device 'cuda': no CUDA GPU is visible to torch (driver or CUDA_VISIBLE_DEVICES?)"
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         check_device("gpu0")
+
+
+def test_demo_clips_are_copied_but_never_replace_a_file(tmp_path):
+    from fama_core.checkpoints import copy_demo_clips, demo_clips
+
+    names = [p.name for p in demo_clips()]
+    assert names == ["en_bag.wav", "en_cats.wav", "it_boy.wav", "it_bread.wav", "pause_en.wav"]
+    copied, same = copy_demo_clips(tmp_path / "clips")
+    assert [p.name for p in copied] == names and same == []
+    copied, same = copy_demo_clips(tmp_path / "clips")
+    assert copied == [] and [p.name for p in same] == names
+    mine = tmp_path / "clips" / "en_bag.wav"
+    mine.write_bytes(b"my own recording")
+    (tmp_path / "clips" / "it_boy.wav").unlink()
+    with pytest.raises(CheckpointError) as e:
+        copy_demo_clips(tmp_path / "clips")
+    assert str(e.value) == f"{mine}: exists and is not the demo clip; not replaced"
+    assert mine.read_bytes() == b"my own recording" and (tmp_path / "clips" / "it_boy.wav").exists()
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == names  # no temporary files left
