@@ -132,11 +132,11 @@ def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
 def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lang: str | None,
                       beam_size: int | None, ctc_weight: float | None, greedy: bool, batch_size: int | None,
                       device: str | None, dtype: str | None, quiet: bool):
-    from fama_core.checkpoints import CheckpointError, load_model
+    from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
 
-    if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+    if dtype is not None and dtype not in DTYPES:
         raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
     if (beam_size is not None and beam_size < 1) or (batch_size is not None and batch_size < 1):
         raise fail("--beam-size and --batch-size must be at least 1", 2)

@@ -7,29 +7,33 @@ pickles go through an allow-listed unpickler and remote modeling code is never d
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
-from .tokenizer import Tokenizer
+from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
 FORMAT_NAME = "fama"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, MODEL_FILE, DICT_FILE)  # everything a model folder consists of
 
 HF_ALIASES = {
     "fama-small": "FBK-MT/fama-small",
@@ -37,6 +41,8 @@ HF_ALIASES = {
     "fama-small-asr": "FBK-MT/fama-small-asr",
     "fama-medium-asr": "FBK-MT/fama-medium-asr",
 }
+# Models that ship inside the package: loaded from there, never downloaded.
+BUNDLED = {"fama-demo": Path(__file__).parent / "assets" / "demo"}
 # Files worth fetching from a hub repo; *.py (remote modeling code) is never downloaded.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.model", "*.txt"]
 # Buffers fairseq keeps in its state dict that fama recomputes.
@@ -104,9 +110,13 @@ _ALLOWED = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle that asks for something outside the allow-list (as opposed to a corrupted one)."""
+
+
 def _newobj(cls: type, *args: Any) -> Any:
     if cls not in _STAND_INS.values() and cls not in (OrderedDict, dict, list, set):
-        raise pickle.UnpicklingError(f"refusing to build {cls!r}")
+        raise _Refused(f"refusing to build {cls!r}")
     return cls.__new__(cls, *args)
 
 
@@ -128,7 +138,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
             return {"scalar": np.core.multiarray.scalar, "dtype": np.dtype,
                     "_reconstruct": np.core.multiarray._reconstruct, "ndarray": np.ndarray}[name]
-        raise pickle.UnpicklingError(f"refusing to load '{module}.{name}': not an allowed type in a checkpoint")
+        raise _Refused(f"refusing to load '{module}.{name}': not an allowed type in a checkpoint")
 
 
 class _restricted_pickle:  # a module-like namespace for torch.load(pickle_module=...)
@@ -166,40 +176,170 @@ def safe_torch_load(path: str | Path) -> Any:
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", pickle_module=_restricted_pickle, weights_only=False)
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise CheckpointError(f"{path}: refused: {e}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save archive nor a readable "
+                              "pickle; truncated or corrupted?)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError,
+            KeyError, IndexError, AttributeError, UnicodeDecodeError, MemoryError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?): {first}") from None
+
+
+# --------------------------------------------------------------------------------------- writing
+
+
+def _file_mode() -> int:
+    """0666 minus the umask, read without changing it (os.umask would, for every thread)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary name beside `path`, renamed to `path` on success (without `overwrite`: only if still free)."""
+    tmp = path.with_name(f".{path.name}.fama-tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------- formats
 
 
-def _clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class _Lazy:
+    """A tensor of a .safetensors file, read only when the model needs it."""
+
+    path: Path
+    key: str
+    shape: tuple[int, ...]
+    floating: bool
+    nbytes: int
+
+
+_MAP_BYTES = 64 << 20  # tensors read per memory map of a weights file
+
+
+def _read_tensors(sd: Weights, keys: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for `keys`; safetensors data comes from memory maps of about 64 MB of tensors each.
+
+    The tensors are views of the mapped file (no copy). A map is released when its tensors are: pages of
+    tensors converted to another dtype stay resident only while their map is open.
+    """
+    keys = list(keys)
+    i = 0
+    while i < len(keys):
+        v = sd[keys[i]]
+        if not isinstance(v, _Lazy):
+            yield keys[i], v
+            i += 1
+            continue
+        group, size = [], 0
+        while i < len(keys) and isinstance(sd[keys[i]], _Lazy) and sd[keys[i]].path == v.path and (
+                not group or size + sd[keys[i]].nbytes <= _MAP_BYTES):
+            group.append(keys[i])
+            size += sd[keys[i]].nbytes
+            i += 1
+        try:
+            with safe_open(v.path, framework="pt") as f:
+                tensors = [(k, f.get_tensor(sd[k].key)) for k in group]
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(f"{v.path}: unreadable weights (truncated or corrupted?): {e}") from None
+        while tensors:
+            yield tensors.pop(0)
+
+
+Weights = dict[str, "torch.Tensor | _Lazy"]
+
+
+def _open_safetensors(path: Path) -> Weights:
+    """Names and shapes of a .safetensors file's tensors; the data stays on disk until `build_model` reads it."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            out: Weights = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                shape = tuple(sl.get_shape())
+                out[k] = _Lazy(path, k, shape, sl.get_dtype() in _FLOAT_CODES, math.prod(shape) * 4)
+            return out
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: unreadable weights (truncated or corrupted?): {e}") from None
+
+
+_FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+
+
+def _tensors(obj: Any, path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
+    """`obj` if it is a state dict of tensors, else a CheckpointError naming the file and the problem."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: the {what} are not a dict of named tensors but of type {type(obj).__name__}")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: the {what} entry {bad[0]!r} is not a tensor but of type "
+                              f"{type(obj[bad[0]]).__name__}")
+    return obj
+
+
+def _clean_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sd.items() if not IGNORED_KEYS.search(k)}
 
 
-def read_fairseq_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, model args) from an FBK fairseq `.pt`, without fairseq or omegaconf installed."""
-    ckpt = safe_torch_load(path)
+def _fairseq_parts(ckpt: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
+        raise CheckpointError(f"{path}: neither a fairseq checkpoint nor a fama training checkpoint (no 'model' entry)")
     args: dict[str, Any] | None = None
     cfg = _plain(ckpt.get("cfg"))
     if isinstance(cfg, dict) and isinstance(cfg.get("model"), dict):
         args = cfg["model"]
-    elif ckpt.get("args") is not None:
+    elif isinstance(_plain(ckpt.get("args")), dict):
         args = _plain(ckpt["args"])
     if not args:
         raise CheckpointError(f"{path}: the checkpoint has neither 'cfg.model' nor 'args'")
-    sd = ckpt["model"]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"{path}: 'model' is not a state dict of tensors")
-    return _clean_state_dict(sd), args
+    return _clean_state_dict(_tensors(ckpt["model"], path, "'model'")), args
 
 
-def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def read_fairseq_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, model args) from an FBK fairseq `.pt`, without fairseq or omegaconf installed."""
+    return _fairseq_parts(safe_torch_load(path), Path(path))
+
+
+def _config(d: Any, where: str) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{where}: {e}") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """(state dict, model config) of a `.pt`: a fama training checkpoint (`checkpoint_N.pt`, `checkpoint_last.pt`)
+    or an FBK fairseq checkpoint, told apart by their contents."""
+    path = Path(path)
+    ckpt = safe_torch_load(path)
+    if isinstance(ckpt, dict) and "fama_train" in ckpt:
+        sd = _tensors(ckpt.get("model"), path, "'model'")
+        return sd, _config(ckpt.get("model_config"), str(path))
+    sd, args = _fairseq_parts(ckpt, path)
+    try:
+        cfg = ModelConfig.from_fairseq_args(args, sd["decoder.embed_tokens.weight"].shape[0],
+                                            sd["encoder.ctc_fc.weight"].shape[0])
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not FAMA's architecture: no {e} tensor") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return sd, cfg
+
+
+def strip_prefix(sd: dict[str, Any]) -> dict[str, Any]:
     """Accept fairseq names wrapped in any prefix (`model.`, `fama.model.`, ...)."""
     anchor = re.compile(r"(^|\.)(encoder|decoder|auxiliary_decoder)\.")
     prefixes = set()
@@ -213,7 +353,7 @@ def strip_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return sd
 
 
-def config_from_state_dict(sd: dict[str, torch.Tensor], hints: dict[str, Any] | None = None) -> ModelConfig:
+def config_from_state_dict(sd: Weights, hints: dict[str, Any] | None = None) -> ModelConfig:
     """Model dimensions read off the tensor shapes; the intermediate-CTC layer comes from hints or the preset."""
     hints = hints or {}
     try:
@@ -223,161 +363,327 @@ def config_from_state_dict(sd: dict[str, torch.Tensor], hints: dict[str, Any] | 
         heads = sd["encoder.conformer_layers.0.attention.attention.u_bias"].shape[0]
         convs = sorted(k for k in sd if re.match(r"encoder\.subsample\.conv_layers\.\d+\.weight$", k))
         dec_dim = sd["decoder.embed_tokens.weight"].shape[1]
-    except (KeyError, ValueError) as e:
+        preset = next((p for p in PRESETS.values() if p.encoder_layers == n_enc), None)
+        ctc_layer = hints.get("ctc_encoder_layer") or (preset.ctc_encoder_layer if preset else n_enc * 2 // 3)
+        return ModelConfig(
+            input_dim=sd[convs[0]].shape[1],
+            d_model=d_model,
+            encoder_layers=n_enc,
+            encoder_heads=heads,
+            ffn_expansion=sd["encoder.conformer_layers.0.first_feed_forward.first_linear.weight"].shape[0] // d_model,
+            subsampler_channels=sd[convs[0]].shape[0],
+            subsampler_kernels=tuple(sd[k].shape[2] for k in convs),
+            conv_kernel=sd["encoder.conformer_layers.0.conv_module.depthwise_conv1d.weight"].shape[2],
+            ctc_encoder_layer=int(ctc_layer),
+            decoder_dim=dec_dim,
+            decoder_ffn_dim=sd["decoder.layers.0.fc1.weight"].shape[0],
+            decoder_layers=n_dec,
+            decoder_heads=int(hints.get("decoder_attention_heads") or hints.get("decoder_heads") or heads),
+            vocab_size=sd["decoder.embed_tokens.weight"].shape[0],
+            src_vocab_size=sd["encoder.ctc_fc.weight"].shape[0],
+        )
+    except (KeyError, IndexError) as e:
         raise CheckpointError(f"cannot infer the architecture from the weights: missing {e}") from None
-    preset = next((p for p in PRESETS.values() if p.encoder_layers == n_enc), None)
-    ctc_layer = hints.get("ctc_encoder_layer") or (preset.ctc_encoder_layer if preset else n_enc * 2 // 3)
-    return ModelConfig(
-        input_dim=sd[convs[0]].shape[1],
-        d_model=d_model,
-        encoder_layers=n_enc,
-        encoder_heads=heads,
-        ffn_expansion=sd["encoder.conformer_layers.0.first_feed_forward.first_linear.weight"].shape[0] // d_model,
-        subsampler_channels=sd[convs[0]].shape[0],
-        subsampler_kernels=tuple(sd[k].shape[2] for k in convs),
-        conv_kernel=sd["encoder.conformer_layers.0.conv_module.depthwise_conv1d.weight"].shape[2],
-        ctc_encoder_layer=int(ctc_layer),
-        decoder_dim=dec_dim,
-        decoder_ffn_dim=sd["decoder.layers.0.fc1.weight"].shape[0],
-        decoder_layers=n_dec,
-        decoder_heads=int(hints.get("decoder_attention_heads") or hints.get("decoder_heads") or heads),
-        vocab_size=sd["decoder.embed_tokens.weight"].shape[0],
-        src_vocab_size=sd["encoder.ctc_fc.weight"].shape[0],
-    )
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"cannot infer the architecture from the weights: {e}") from None
 
 
-def build_model(cfg: ModelConfig, sd: dict[str, torch.Tensor], source: str) -> FamaModel:
-    """A model with exactly these weights; any missing, unexpected or mis-shaped tensor is an error."""
-    model = FamaModel(cfg)
-    expected = model.state_dict()
+def _mismatch(expected: dict[str, torch.Tensor], sd: Weights) -> str:
+    """'' when `sd` has exactly the model's tensors with the model's shapes, else what differs."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        def show(keys: list[str], what: str, shapes: dict) -> str:
-            items = [f"{k} {tuple(shapes[k].shape)}" for k in keys[:8]]
-            more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
-            return f"{what}: {', '.join(items)}{more}"
 
-        parts = []
-        if missing:
-            parts.append(show(missing, "missing", expected))
-        if unexpected:
-            parts.append(show(unexpected, "unexpected", sd))
-        if wrong:
-            parts.append("wrong shape: " + ", ".join(
-                f"{k} {tuple(sd[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:8]))
-        raise CheckpointError(f"{source}: weights do not match the FAMA architecture; " + "; ".join(parts))
-    for k, v in sd.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
+    def show(keys: list[str], what: str, shapes: Any) -> str:
+        items = [f"{k} {tuple(shapes[k].shape)}" for k in keys[:8]]
+        more = f" (+{len(keys) - 8} more)" if len(keys) > 8 else ""
+        return f"{what}: {', '.join(items)}{more}"
+
+    parts = []
+    if missing:
+        parts.append(show(missing, "missing", expected))
+    if unexpected:
+        parts.append(show(unexpected, "unexpected", sd))
+    if wrong:
+        parts.append("wrong shape: " + ", ".join(
+            f"{k} {tuple(sd[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:8]))
+    return "; ".join(parts)
+
+
+def build_model(cfg: ModelConfig, sd: Weights, source: str, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> FamaModel:
+    """A model with exactly these weights on `device`, floating ones in `dtype` (default float32).
+
+    Any missing, unexpected, mis-shaped, non-finite or wrongly typed tensor is an error. The model is built on
+    the meta device (no memory, no random initialisation) and each tensor is read, converted and assigned one
+    at a time, so loading holds one copy of the weights plus one tensor.
+    """
+    with torch.device("meta"), _no_random_init_on_meta():
+        model = FamaModel(cfg)
+    expected = model.state_dict()
+    problem = _mismatch(expected, sd)
+    if problem:
+        raise CheckpointError(f"{source}: weights do not match the FAMA architecture; {problem}")
+    for k, want in expected.items():
+        floating = sd[k].floating if isinstance(sd[k], _Lazy) else sd[k].is_floating_point()
+        if floating != want.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {k} is {'' if floating else 'not '}floating point, unlike the "
+                                  f"model's {want.dtype}")
+    target = dtype or torch.float32
+    loaded: dict[str, torch.Tensor] = {}
+    for k, t in _read_tensors(sd, expected):
+        floating = t.is_floating_point()
+        if floating and not _all_finite(t):
             raise CheckpointError(f"{source}: tensor {k} contains NaN or infinite values")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+        out = t.to(device=device, dtype=target if floating else expected[k].dtype)
+        # a float tensor already in the target dtype stays a view of the mapped file; other unconverted ones
+        # (BatchNorm's counters) are copied so that the maps of converted tensors can be released
+        loaded[k] = out.clone() if not floating and out.data_ptr() == t.data_ptr() else out
+        del t, out
+    model.load_state_dict(loaded, strict=True, assign=True)
     return model
 
 
-def load_fama_folder(folder: Path) -> tuple[FamaModel, Tokenizer]:
-    try:
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: unreadable model config: {e}") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{folder}: not a fama model folder")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{folder}: written by a newer fama (format {meta['format_version']}); upgrade fama")
-    cfg = ModelConfig.from_dict(meta["model"])
-    try:
-        sd = load_file(folder / WEIGHTS_FILE)
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{folder / WEIGHTS_FILE}: unreadable weights (truncated or corrupted?): {e}") from None
-    return build_model(cfg, sd, str(folder / WEIGHTS_FILE)), Tokenizer.from_folder(folder)
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in `t`, without a temporary as large as `t`: a float64 sum of values of at most
+    float32's range cannot overflow, so it is finite exactly when every value is."""
+    if t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
 
-def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype: torch.dtype | None = None,
-               extra: dict[str, Any] | None = None) -> Path:
-    """Write fama's model folder (config.json, model.safetensors, tokenizer files) atomically."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+@contextlib.contextmanager
+def _no_random_init_on_meta() -> Iterator[None]:
+    """Skip `nn.init.normal_` on meta tensors: torch's meta implementation of it takes seconds on first use, and
+    a model built to receive weights needs no random values. Tensors on real devices are initialised as usual."""
+    real = torch.nn.init.normal_
+
+    def normal_(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor if tensor.is_meta else real(tensor, *args, **kwargs)
+
+    torch.nn.init.normal_ = normal_
     try:
-        sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-              for k, v in model.state_dict().items()}
-        save_file(sd, tmp / WEIGHTS_FILE, metadata={"format": FORMAT_NAME})
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict(),
-                "languages": tokenizer.languages, **(extra or {})}
-        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        tokenizer.save(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+        yield
+    finally:
+        torch.nn.init.normal_ = real
+
+
+def _tokenizer(model_path: Path, dict_path: Path | None = None) -> Tokenizer:
+    try:
+        return Tokenizer(model_path, dict_path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    except (OSError, RuntimeError) as e:
+        why = "empty file" if model_path.is_file() and model_path.stat().st_size == 0 else str(e).strip().splitlines()
+        why = why if isinstance(why, str) else (why[0] if why else type(e).__name__)
+        raise CheckpointError(f"{model_path}: not a readable SentencePiece model: {why}") from None
 
 
 def _find_tokenizer(folder: Path, spm: Path | None = None, dict_path: Path | None = None) -> Tokenizer:
     if spm is not None:
-        return Tokenizer(spm, dict_path)
-    if (folder / "tokenizer.model").exists():
-        return Tokenizer.from_folder(folder)
+        return _tokenizer(spm, dict_path)
+    if (folder / MODEL_FILE).exists():
+        return _tokenizer(folder / MODEL_FILE, folder / DICT_FILE if (folder / DICT_FILE).exists() else None)
     models = sorted(folder.glob("*.model"))
     if not models:
         raise CheckpointError(f"{folder}: no SentencePiece model (*.model) found beside the weights")
     dicts = [p for p in sorted(folder.glob("*.txt")) if p.stem == models[0].stem]
-    return Tokenizer(models[0], dicts[0] if dicts else None)
+    return _tokenizer(models[0], dicts[0] if dicts else None)
 
 
-def load_fairseq(path: str | Path, spm: str | Path | None = None,
-                 dict_path: str | Path | None = None) -> tuple[FamaModel, Tokenizer]:
-    """An FBK fairseq checkpoint; the SentencePiece model defaults to the `*.model` beside it."""
+def _matched(model_cfg: ModelConfig, tok: Tokenizer, source: Path) -> Tokenizer:
+    if tok.vocab_size != model_cfg.vocab_size:
+        raise CheckpointError(f"{source}: the tokenizer ({tok.model_path}) has {tok.vocab_size} entries but the "
+                              f"model {model_cfg.vocab_size}")
+    return tok
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON: {e}") from None
+
+
+def load_fama_folder(folder: Path, device: str | torch.device = "cpu",
+                     dtype: torch.dtype | None = None) -> tuple[FamaModel, Tokenizer]:
+    """fama's own model folder (config.json, model.safetensors, tokenizer.model, dict.txt)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    meta = _read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path}: not a fama model config (no \"format\": \"fama\")")
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{folder}: written by a newer fama (format {version}); upgrade fama")
+    if "model" not in meta:
+        raise CheckpointError(f"{path}: no \"model\" entry (the model's dimensions)")
+    cfg = _config(meta["model"], str(path))
+    tok = _matched(cfg, _find_tokenizer(folder), path)
+    return build_model(cfg, _open_safetensors(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE), device, dtype), tok
+
+
+def load_checkpoint_file(path: str | Path, spm: str | Path | None = None, dict_path: str | Path | None = None,
+                         device: str | torch.device = "cpu",
+                         dtype: torch.dtype | None = None) -> tuple[FamaModel, Tokenizer]:
+    """A `.pt`: FBK's fairseq checkpoint or fama's training checkpoint. The SentencePiece model defaults to
+    `tokenizer.model`, else the `*.model`, beside it."""
     path = Path(path)
-    sd, args = read_fairseq_checkpoint(path)
-    tokenizer = _find_tokenizer(path.parent, Path(spm) if spm else None, Path(dict_path) if dict_path else None)
-    try:
-        vocab = sd["decoder.embed_tokens.weight"].shape[0]
-        src_vocab = sd["encoder.ctc_fc.weight"].shape[0]
-        cfg = ModelConfig.from_fairseq_args(args, vocab, src_vocab)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    if tokenizer.vocab_size != cfg.vocab_size:
-        raise CheckpointError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} entries but the model {cfg.vocab_size}")
-    return build_model(cfg, sd, str(path)), tokenizer
+    sd, cfg = read_checkpoint(path)
+    tok = _matched(cfg, _find_tokenizer(path.parent, Path(spm) if spm else None,
+                                        Path(dict_path) if dict_path else None), path)
+    return build_model(cfg, sd, str(path), device, dtype), tok
 
 
-def load_hub_folder(folder: Path) -> tuple[FamaModel, Tokenizer]:
-    """A downloaded hub repo: either a fama folder or FBK's own upload (fairseq-style names, any prefix)."""
-    meta: dict[str, Any] = {}
-    if (folder / CONFIG_FILE).exists():
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        if meta.get("format") == FORMAT_NAME:
-            return load_fama_folder(folder)
+load_fairseq = load_checkpoint_file  # the name older callers use
+
+
+def _hub_weights(folder: Path) -> Weights:
+    sd: Weights = {}
     weights = sorted(folder.glob("*.safetensors"))
-    sd: dict[str, torch.Tensor] = {}
-    try:
-        if weights:
-            for w in weights:
-                sd.update(load_file(w))
-        else:
-            for w in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
-                obj = safe_torch_load(w)
-                obj = obj.get("model", obj) if isinstance(obj, dict) else obj
-                sd.update(obj)
-    except SafetensorError as e:
-        raise CheckpointError(f"{folder}: unreadable weights: {e}") from None
+    for w in weights:
+        sd.update(_open_safetensors(w))
+    if not weights:
+        for w in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
+            obj = safe_torch_load(w)
+            sd.update(_tensors(obj.get("model", obj) if isinstance(obj, dict) else obj, w))
     if not sd:
-        raise CheckpointError(f"{folder}: no weights (*.safetensors, *.bin) found")
-    sd = _clean_state_dict(strip_prefix(sd))
-    cfg = config_from_state_dict(sd, meta)
-    tokenizer = _find_tokenizer(folder)
-    return build_model(cfg, sd, str(folder)), tokenizer
+        raise CheckpointError(f"{folder}: no weights (*.safetensors, *.bin, *.pt) found")
+    return _clean_state_dict(strip_prefix(sd))
+
+
+def load_hub_folder(folder: Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[FamaModel, Tokenizer]:
+    """A model folder: fama's own, or a hub upload with fairseq-style names under any prefix (FBK's)."""
+    folder = Path(folder)
+    meta: Any = {}
+    if (folder / CONFIG_FILE).exists():
+        meta = _read_json(folder / CONFIG_FILE)
+        if isinstance(meta, dict) and "format" in meta:
+            return load_fama_folder(folder, device, dtype)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{folder / CONFIG_FILE}: a JSON {type(meta).__name__}, not an object")
+    sd = _hub_weights(folder)
+    try:
+        cfg = config_from_state_dict(sd, meta)
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    tok = _matched(cfg, _find_tokenizer(folder), folder)
+    return build_model(cfg, sd, str(folder), device, dtype), tok
+
+
+# --------------------------------------------------------------------------------------- saving
+
+
+def check_output_folder(folder: str | Path, *, overwrite: bool = False, protect: Iterable[str | Path] = ()) -> Path:
+    """Refuse an output model folder that would lose data, before anything is computed or written.
+
+    Refused: a folder equal to or containing one of the `protect` paths (the inputs), a path that is not a
+    folder, and a folder that holds anything unless `overwrite` (which then replaces only the model files).
+    """
+    folder = Path(folder)
+    target = folder.resolve()
+    for p in protect:
+        src = Path(p).resolve()
+        if src == target or target in src.parents:
+            raise CheckpointError(f"{folder}: the output folder {'is' if src == target else 'contains'} the input "
+                                  f"{p}; choose another output folder")
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: exists and is not a folder")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise CheckpointError(f"{folder}: the folder exists and is not empty; choose a new folder, or pass "
+                              f"--overwrite to replace only its model files ({', '.join(MODEL_FILES)})")
+    return folder
+
+
+def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype: torch.dtype | None = None,
+               extra: dict[str, Any] | None = None, *, overwrite: bool = False,
+               protect: Iterable[str | Path] = ()) -> Path:
+    """Write fama's model folder: config.json, model.safetensors, tokenizer.model, dict.txt.
+
+    The folder is created if missing; an existing non-empty folder is refused unless `overwrite`, which
+    replaces only those four files and never touches anything else in it. Each file is written to a temporary
+    name and renamed. `protect` lists the inputs (checkpoints) the folder must not be or contain; the
+    tokenizer's own files are always protected.
+    """
+    own = [tokenizer.model_path] + ([tokenizer.dict_path] if tokenizer.dict_path is not None else [])
+    folder = check_output_folder(folder, overwrite=overwrite, protect=[*protect, *own])
+    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model.cfg.to_dict(),
+            "languages": tokenizer.languages, **(extra or {})}
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = {name: stack.enter_context(_atomic_path(folder / name, overwrite=overwrite))
+                   for name in MODEL_FILES}
+            save_file(sd, tmp[WEIGHTS_FILE], metadata={"format": FORMAT_NAME})
+            os.chmod(tmp[WEIGHTS_FILE], _file_mode())  # safetensors creates its file 0600
+            tmp[CONFIG_FILE].write_text(json.dumps(meta, indent=2) + "\n")
+            shutil.copyfile(tokenizer.model_path, tmp[MODEL_FILE])
+            if tokenizer.dict_path is not None:
+                shutil.copyfile(tokenizer.dict_path, tmp[DICT_FILE])
+            else:
+                write_fairseq_dict(tokenizer.sp, tmp[DICT_FILE])
+    except FileExistsError as e:
+        raise CheckpointError(f"{e.filename}: appeared while the model was being written; not replaced") from None
+    return folder
+
+
+# --------------------------------------------------------------------------------------- demo
+
+
+def demo_clips() -> list[Path]:
+    """The short clips that ship with the demo model (English and Italian sentences, synthetic voices)."""
+    return sorted((BUNDLED["fama-demo"] / "clips").glob("*.wav"))
+
+
+def copy_demo_clips(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """Copy the demo clips into `folder` (created if missing): (copied, already there with the same bytes).
+
+    Never replaces a file: a different file of the same name is a CheckpointError naming it, after the others
+    are copied.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    copied, same, clash = [], [], []
+    for clip in demo_clips():
+        dst = folder / clip.name
+        if dst.exists():
+            (same if dst.is_file() and dst.read_bytes() == clip.read_bytes() else clash).append(dst)
+            continue
+        try:
+            with _atomic_path(dst, overwrite=False) as tmp:
+                shutil.copyfile(clip, tmp)
+        except FileExistsError:
+            clash.append(dst)
+            continue
+        copied.append(dst)
+    if clash:
+        raise CheckpointError(f"{clash[0]}: exists and is not the demo clip; not replaced"
+                              + (f" (nor {len(clash) - 1} more)" if len(clash) > 1 else ""))
+    return copied, same
 
 
 # --------------------------------------------------------------------------------------- hub
 
 
+def known_aliases() -> list[str]:
+    return [*BUNDLED, *HF_ALIASES]
+
+
 def resolve_alias(name: str) -> str:
-    return HF_ALIASES.get(name, name)
+    """The hub repo id of an alias or repo id; CheckpointError listing the aliases for anything else."""
+    if name in HF_ALIASES:
+        return HF_ALIASES[name]
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        raise CheckpointError(f"unknown model alias {name!r}; known: {', '.join(known_aliases())} "
+                              "(or a Hugging Face repo id such as FBK-MT/fama-small)")
+    return name
 
 
 def pull(name: str, revision: str | None = None, local_files_only: bool | None = None,
@@ -389,6 +695,8 @@ def pull(name: str, revision: str | None = None, local_files_only: bool | None =
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    if name in BUNDLED:
+        return BUNDLED[name]
     repo = resolve_alias(name)
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
@@ -424,29 +732,52 @@ def cached_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------- entry point
 
 
+def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """The torch dtype of a name in DTYPES (or a torch dtype, or None); ValueError for anything else."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
+    return DTYPES[dtype]
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a ValueError saying plainly why this machine cannot use it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N): {e}") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise ValueError(f"device {device!r}: CUDA is not available in this torch build (a CPU-only build, "
+                             f"torch {torch.__version__}); use --device cpu or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch (driver or CUDA_VISIBLE_DEVICES?)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return dev
+
+
 def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None,
                local_files_only: bool | None = None, spm: str | Path | None = None) -> tuple[FamaModel, Tokenizer]:
-    """The one way to get a model: a fama folder, a fairseq `.pt`, an alias (`fama-small`) or a hub repo id.
+    """The one way to get a model: a model folder, a `.pt` (FBK fairseq or fama training checkpoint), an alias
+    (`fama-small`; `fama-demo` ships with fama) or a hub repo id.
 
     Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32),
-    and its tokenizer.
+    and its tokenizer. Weights are read one tensor at a time, straight into their device and dtype.
     """
-    path = Path(name_or_path)
+    dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    dt = torch_dtype(dtype)
+    name = str(name_or_path)
+    path = BUNDLED.get(name, Path(name_or_path))
     if path.is_dir():
-        model, tok = load_hub_folder(path)
+        model, tok = load_hub_folder(path, dev, dt)
     elif path.is_file():
-        model, tok = load_fairseq(path, spm)
-    elif str(name_or_path) in HF_ALIASES or re.fullmatch(r"[\w.-]+/[\w.-]+", str(name_or_path)):
-        model, tok = load_hub_folder(pull(str(name_or_path), local_files_only=local_files_only))
+        model, tok = load_checkpoint_file(path, spm, device=dev, dtype=dt)
+    elif name in HF_ALIASES or re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        model, tok = load_hub_folder(pull(name, local_files_only=local_files_only), dev, dt)
     else:
-        raise CheckpointError(f"{name_or_path}: no such file or folder, and not a model alias or hub repo id "
-                              f"(aliases: {', '.join(HF_ALIASES)})")
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
-        dtype = DTYPES[dtype]
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    return model, tok
+        raise CheckpointError(f"{name}: no such file or folder, and not a model alias or hub repo id "
+                              f"(aliases: {', '.join(known_aliases())})")
+    return model.eval(), tok

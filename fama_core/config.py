@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+# Fields that are not positive integers.
+_FLOATS = ("dropout", "attention_dropout", "activation_dropout")
+_NON_NEGATIVE = ("pad", "eos", "ctc_encoder_layer")
 
 
 @dataclass
@@ -36,7 +40,35 @@ class ModelConfig:
     activation_dropout: float = 0.1
     max_source_positions: int = 10000
     max_target_positions: int = 4000
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that no FAMA model can have (wrong type or impossible value)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in _FLOATS:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                    raise ValueError(f"model config: {f.name} must be a number in [0, 1), got {v!r}")
+            elif f.name == "subsampler_kernels":
+                if (not isinstance(v, tuple) or not v
+                        or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in v)):
+                    raise ValueError(f"model config: {f.name} must be a non-empty list of positive integers, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, int) or v < (0 if f.name in _NON_NEGATIVE else 1):
+                least = "a non-negative" if f.name in _NON_NEGATIVE else "a positive"
+                raise ValueError(f"model config: {f.name} must be {least} integer, got {v!r}")
+        rules = [
+            (self.d_model % self.encoder_heads == 0, "d_model must be divisible by encoder_heads"),
+            (self.decoder_dim % self.decoder_heads == 0, "decoder_dim must be divisible by decoder_heads"),
+            (self.decoder_dim == self.d_model, "decoder_dim must equal d_model (the top CTC head adds the decoder's "
+                                               "language embedding to the encoder output)"),
+            (self.subsampler_channels % 2 == 0, "subsampler_channels must be even (GLU halves them)"),
+            (max(self.pad, self.eos) < min(self.vocab_size, self.src_vocab_size), "pad and eos must be vocabulary ids"),
+        ]
+        for ok, why in rules:
+            if not ok:
+                raise ValueError(f"model config: {why}")
 
     @property
     def blank(self) -> int:
@@ -54,13 +86,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """From `to_dict`'s form (config.json's `model`); ValueError names any unknown, mistyped or impossible field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        if d.get("extra", {}) == {}:  # an always-empty field that fama 0.1 wrote
+            d.pop("extra", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        d = dict(d)
-        if "subsampler_kernels" in d:
-            d["subsampler_kernels"] = tuple(int(k) for k in d["subsampler_kernels"])
+        if isinstance(d.get("subsampler_kernels"), list):
+            d["subsampler_kernels"] = tuple(d["subsampler_kernels"])
         return cls(**d)
 
     @classmethod

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fama_core.checkpoints import CheckpointError, load_model
+from fama_core.checkpoints import DTYPES, CheckpointError, load_model
 from fama_core.config import ModelConfig, preset
 from fama_core.model import FamaModel
 from fama_core.tokenizer import Tokenizer
@@ -261,8 +261,7 @@ def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    return {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-            "fp16": torch.float16, "float16": torch.float16}[name]
+    return None if DTYPES[name] == torch.float32 else DTYPES[name]
 
 
 # --------------------------------------------------------------------------------------------- trainer

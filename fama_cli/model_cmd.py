@@ -1,0 +1,111 @@
+"""`fama pull`, `fama convert`, `fama models` (registered on the app in fama_cli.main)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fama_cli.main import app, fail, human_size, out
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="Alias (fama-small, fama-medium, fama-small-asr, fama-medium-asr; "
+                                             "fama-demo ships with fama) or Hugging Face repo id")],
+    revision: Annotated[str | None, typer.Option(help="Branch, tag or commit")] = None,
+    local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Use the cache only")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """Download a model into the Hugging Face cache (HF_HOME) and check that it loads."""
+    from fama_core.checkpoints import CheckpointError, load_hub_folder
+    from fama_core.checkpoints import pull as pull_model
+
+    if quiet or as_json:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    try:
+        path = pull_model(name, revision=revision, local_files_only=local_files_only)
+        model, tok = load_hub_folder(path)
+    except CheckpointError as e:
+        raise fail(str(e)) from None
+    info = {"name": name, "path": str(path), "parameters": model.num_parameters(), "languages": tok.languages}
+    if as_json:
+        print(json.dumps(info))
+    elif not quiet:
+        out.print(f"{name}: {model.num_parameters():,} parameters, languages {', '.join(tok.languages)}\n{path}")
+
+
+@app.command()
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="FBK fairseq checkpoint (.pt)")],
+    output: Annotated[Path, typer.Argument(help="fama model folder to write (new or empty)")],
+    spm: Annotated[Path | None, typer.Option(help="SentencePiece model (default: the *.model beside the checkpoint)")]
+    = None,
+    dict_path: Annotated[Path | None, typer.Option("--dict", help="fairseq dictionary .txt")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 weights")] = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder, replacing only its "
+                                                                "model files")] = False,
+) -> None:
+    """Turn a fairseq checkpoint (+ its SentencePiece model) into a fama model folder."""
+    from fama_core.checkpoints import DTYPES, CheckpointError, check_output_folder, load_fairseq, save_model
+
+    if dtype not in DTYPES:
+        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+    inputs = [p for p in (checkpoint, spm, dict_path) if p is not None]
+    try:
+        check_output_folder(output, overwrite=overwrite, protect=inputs)
+        model, tok = load_fairseq(checkpoint, spm, dict_path)
+        save_model(model, tok, output, dtype=DTYPES[dtype], overwrite=overwrite, protect=inputs)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise fail(str(e)) from None
+    out.print(f"wrote {output} ({model.num_parameters():,} parameters, {dtype})")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON")] = False) -> None:
+    """List the models: the demo model that ships with fama, the aliases, and what is in the local cache."""
+    from fama_core.checkpoints import BUNDLED, HF_ALIASES, MODEL_FILES, cached_models
+
+    cached = {r["repo"]: r for r in cached_models()}
+    rows = [{"alias": a, "repo": None, "cached": True, "path": str(p),
+             "size_bytes": sum((p / f).stat().st_size for f in MODEL_FILES)} for a, p in BUNDLED.items()]
+    rows += [{"alias": a, "repo": r, "cached": r in cached, "path": cached.get(r, {}).get("path"),
+              "size_bytes": cached.get(r, {}).get("size_bytes", 0)} for a, r in HF_ALIASES.items()]
+    rows += [{"alias": None, "repo": r, "cached": True, "path": c["path"], "size_bytes": c["size_bytes"]}
+             for r, c in cached.items() if r not in HF_ALIASES.values()]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("alias", "repository", "cached", "size")
+    for r in rows:
+        table.add_row(r["alias"] or "", r["repo"] or "(ships with fama: tiny demo, synthetic voices only)",
+                      "yes" if r["cached"] else "no", human_size(r["size_bytes"]) if r["cached"] else "")
+    out.print(table)
+    out.print(f"cache: {os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Folder to copy the demo clips into (created if missing)")]
+    = Path("fama-demo-clips"),
+) -> None:
+    """Copy the demo clips (short English and Italian sentences, synthetic voices) into FOLDER; never overwrites.
+
+    Then: fama transcribe FOLDER --model fama-demo --srt --txt. The demo model ships with fama and needs no
+    network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for real speech).
+    """
+    from fama_core.checkpoints import CheckpointError, copy_demo_clips
+
+    try:
+        copied, same = copy_demo_clips(folder)
+    except (CheckpointError, OSError) as e:
+        raise fail(str(e)) from None
+    out.print(f"{folder}: {len(copied)} clips copied" + (f", {len(same)} already there" if same else ""))
+    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt")
