@@ -21,6 +21,16 @@ def _opt(text: str, *names: str) -> Any:
     return typer.Option(*names, help=text, show_default=False)
 
 
+def apply_threads(n: int | None) -> None:
+    """`--threads N`: torch's intra-op CPU threads (None: leave torch's default)."""
+    if n is not None:
+        if n < 1:
+            raise fail("--threads must be at least 1", 2)
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _subsets(value: str | None, root: Path | None) -> list[str] | None:
     """`a,b,c`: manifest paths, or names of `<name>.tsv` files under --data (fairseq's --train-subset)."""
     if value is None:

@@ -32,7 +32,7 @@ from .inputs import InputFile
 from .model import FamaModel
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
-from .vad import VadOptions, iter_speech_chunks
+from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 
 FRAME_SECONDS = 0.04  # one encoder frame
 BLOCK_SECONDS = 30.0  # audio read from ffmpeg at a time
@@ -50,6 +50,7 @@ class TranscribeOptions:
     pool_seconds: float = 900.0  # audio pooled (across files) and sorted by length before batching
     detect_seconds: float = 30.0  # speech used to detect the language
     readers: int = 2  # files decoded and VAD-split in parallel (hides ffmpeg start-up on many short files)
+    split: bool = True  # False: each input is decoded whole, as one chunk, without VAD (pre-segmented test sets)
 
 
 class TranscribeError(Exception):
@@ -209,6 +210,8 @@ def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
 
 
 def _waveform_blocks(source: Any, block_seconds: float) -> Iterator[np.ndarray]:
+    if callable(source):  # read lazily, in the reader thread
+        source = source()
     if isinstance(source, (str, Path)):
         yield from stream_audio(str(source), block_seconds)
         return
@@ -216,6 +219,12 @@ def _waveform_blocks(source: Any, block_seconds: float) -> Iterator[np.ndarray]:
     step = int(block_seconds * SAMPLE_RATE)
     for i in range(0, len(wave), step):
         yield wave[i:i + step]
+
+
+def _whole(blocks: Iterable[np.ndarray]) -> Iterator[SpeechChunk]:
+    audio = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks] or [np.zeros(0, np.float32)])
+    if len(audio):
+        yield SpeechChunk(0.0, len(audio) / SAMPLE_RATE, audio)
 
 
 def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOptions, out: queue.Queue,
@@ -232,7 +241,8 @@ def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOpt
                 yield b
 
         try:
-            for chunk in iter_speech_chunks(counted(_waveform_blocks(f.source, BLOCK_SECONDS)), options.vad):
+            blocks = counted(_waveform_blocks(f.source, BLOCK_SECONDS))
+            for chunk in iter_speech_chunks(blocks, options.vad) if options.split else _whole(blocks):
                 if stop.is_set():
                     return
                 out.put((i, chunk))
@@ -271,8 +281,9 @@ class Pipeline:
             progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:
         """FileResults, each as soon as its file is done (not necessarily in input order).
 
-        `sources` replaces the paths of `items` with waveforms (library use); `progress` gets the seconds
-        of audio decoded after every batch.
+        `sources` replaces the paths of `items` with waveforms (library use), or with functions that return a
+        waveform or path when the file's turn comes; `progress` gets the seconds of audio decoded after every
+        batch.
         """
         o, tok = self.options, self.tokenizer
         fixed = None if o.language == "auto" else tok.lang_tag_id(o.language)

@@ -396,9 +396,7 @@ def manifest_texts(manifests: Iterable[str | Path]) -> tuple[list[str], list[str
     texts, langs = [], []
     for m in manifests:
         for r in read_manifest(m):
-            for t in {r.src_text, r.tgt_text}:
-                if t:
-                    texts.append(t)
+            texts += [t for t in dict.fromkeys((r.src_text, r.tgt_text)) if t]  # in order, once each
             for lang in (r.src_lang, r.tgt_lang):
                 if lang and lang not in langs:
                     langs.append(lang)
