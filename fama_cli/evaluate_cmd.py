@@ -51,7 +51,8 @@ def eval_cmd(
     = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")] = False,
     batch_size: Annotated[int | None, _opt("Most utterances decoded at once (default: 16)")] = None,
-    device: Annotated[str | None, _opt("cpu, cuda, cuda:1, ... (default: cuda if available)")] = None,
+    device: Annotated[str | None, _opt("cpu, cuda (every GPU), cuda:1 or a list such as cuda:0,cuda:2 "
+                                       "(default: every GPU, else the CPU)")] = None,
     dtype: Annotated[str | None, _opt("float32, float16 or bfloat16 (default: float32)")] = None,
     report: Annotated[Path | None, _opt("Write the JSON report here (per-utterance scores worst first, options, "
                                         "model, RTF)", "--report", "-o")] = None,
@@ -162,6 +163,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
+    from fama_core.pipeline import resolve_devices
 
     if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
         raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
@@ -185,7 +187,11 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     except (OSError, ValueError) as e:
         raise fail(str(e) if isinstance(e, ValueError) else f"cannot read manifest {manifest}: {e}", 2) from None
     try:
-        pair = load_model(model, device=device, dtype=dtype)
+        devices = resolve_devices(device)
+    except ValueError as e:
+        raise fail(f"--device: {e}", 2) from None
+    try:
+        pair = load_model(model, device=devices[0], dtype=dtype)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(f"cannot load model {model}: {e}", 2) from None
 
@@ -199,7 +205,8 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
         bar = progress.add_task("eval", total=total or None)
         progress.start()
     try:
-        return evaluate(rows, pair, options=options, base=manifest.parent, model_name=model,
+        return evaluate(rows, pair, options=options, device=",".join(devices), base=manifest.parent,
+                        model_name=model,
                         progress=(lambda s: progress.advance(bar, s)) if progress else None)
     except EvalError as e:
         raise fail(str(e), 2) from None

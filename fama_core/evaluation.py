@@ -31,7 +31,7 @@ from .checkpoints import load_model
 from .decoding import DecodeOptions
 from .inputs import InputFile
 from .manifest import ManifestRow, read_manifest
-from .pipeline import Pipeline, TranscribeOptions
+from .pipeline import Pipeline, TranscribeOptions, resolve_devices
 from .scoring import Report, score, score_files
 
 _FILE_CACHE = 2  # whole decoded media files kept for their `path:offset:length` rows
@@ -172,10 +172,11 @@ class Decoded:
 
 
 def decode_manifest(model: Any, tokenizer: Any, items: list[_Item], base: Path, options: EvalOptions,
-                    progress: Callable[[float], None] | None = None) -> Decoded:
+                    progress: Callable[[float], None] | None = None, devices: list[str] | None = None) -> Decoded:
     """Decode each item whole (no VAD cutting) through the transcription `Pipeline`, one run per language.
 
-    A row that cannot be read or decoded gets its error instead of a text; the others are decoded.
+    A row that cannot be read or decoded gets its error instead of a text; the others are decoded. `devices`:
+    decode on each of these with its own copy of the model (default: the model's device).
     """
     o = options
     task = "transcribe" if o.task == "asr" else "translate"
@@ -189,7 +190,7 @@ def decode_manifest(model: Any, tokenizer: Any, items: list[_Item], base: Path, 
         inputs = [InputFile(items[n].row.audio) for n in which]
         position = {id(x): n for x, n in zip(inputs, which)}
         sources = [clips.source(items[n].row, base) for n in which]
-        for r in Pipeline(model, tokenizer, topts).run(inputs, sources, progress):
+        for r in Pipeline(model, tokenizer, topts, devices=devices).run(inputs, sources, progress):
             n = position[id(r.item)]
             decoded.seconds[n] = r.seconds
             if r.error:
@@ -216,10 +217,12 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
 
     `manifest` is a path or rows (relative audio paths resolve against `base`, default the manifest's folder
     or the working directory); `model` a name/path for `load_model` or a `(model, tokenizer)` pair; `task`,
-    `to` and `batch_size` override `options`; extra keyword arguments set `DecodeOptions` fields
-    (beam_size=1, greedy=True, ...). Groups: per spoken language (ASR) or per "src-tgt" direction (ST);
-    utterances worst first, each with its `seconds` of audio. A row whose audio cannot be read or decoded is
-    left out of the scores and listed in `failed` (id, audio, error). Raises EvalError for unusable input.
+    `to` and `batch_size` override `options`; `device` as transcription's ("cuda:0,cuda:1" decodes on both;
+    default every GPU, else the CPU; with a pair, the model's own device); extra keyword arguments set
+    `DecodeOptions` fields (beam_size=1, greedy=True, ...). Groups: per spoken language (ASR) or per "src-tgt"
+    direction (ST); utterances worst first, each with its `seconds` of audio. A row whose audio cannot be read
+    or decoded is left out of the scores and listed in `failed` (id, audio, error). Raises EvalError for
+    unusable input.
     """
     o = dataclasses.replace(options or EvalOptions())
     if task is not None:
@@ -243,9 +246,13 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
     else:
         rows, base = list(manifest), Path(base or ".")
     items, skipped = plan(rows, o)
+    try:
+        devices = resolve_devices(device) if device is not None or isinstance(model, (str, Path)) else None
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     if isinstance(model, (str, Path)):
         model_name = model_name or str(model)
-        model, tokenizer = load_model(model, device=device, dtype=dtype)
+        model, tokenizer = load_model(model, device=devices[0], dtype=dtype)
     else:
         model, tokenizer = model
     for lang in sorted({it.lang for it in items}):
@@ -253,7 +260,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
             tokenizer.lang_tag_id(lang)
         except ValueError as e:
             raise EvalError(str(e)) from None
-    decoded = decode_manifest(model, tokenizer, items, base, o, progress)
+    decoded = decode_manifest(model, tokenizer, items, base, o, progress, devices)
     ok = [n for n, text in enumerate(decoded.texts) if text is not None]
     report = score([items[n].row.id for n in ok], [decoded.texts[n] for n in ok], [items[n].ref for n in ok],
                    o.task, [items[n].label for n in ok], o.normalize)
@@ -262,8 +269,8 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
         n = by_id[u["id"]]
         u.update(audio=items[n].row.audio, seconds=round(decoded.seconds[n], 3))
     failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
-    info = {**dataclasses.asdict(o), "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
-            "fama_version": _version()}
+    info = {**dataclasses.asdict(o), "device": ",".join(devices) if devices else str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."), "fama_version": _version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",
                       options=info, audio_seconds=sum(decoded.seconds[n] for n in ok), decode_seconds=decoded.wall,
                       skipped=skipped, failed=failed)

@@ -378,3 +378,14 @@ def test_threads_option(tmp_path):
         assert r.exit_code == 2 and "--threads" in r.stderr
     finally:
         torch.set_num_threads(before)
+
+
+def test_several_devices_give_the_same_report():
+    """`device="cpu,cpu"`: the pipeline decodes the batches on two model copies; hypotheses and scores are
+    those of one device (batch_size 1 so that both copies get batches)."""
+    rows = [ManifestRow(c["id"], f"{c['id']}.wav", 0, c["text"], src_lang=c["lang"], tgt_lang=c["lang"])
+            for c in json.loads((TRAINED_CLIPS / "clips.json").read_text(encoding="utf-8"))]
+    one = evaluate(rows, TRAINED_TINY, task="asr", base=TRAINED_CLIPS, device="cpu", batch_size=1, greedy=True)
+    two = evaluate(rows, TRAINED_TINY, task="asr", base=TRAINED_CLIPS, device="cpu,cpu", batch_size=1, greedy=True)
+    assert two.options["device"] == "cpu,cpu" and one.options["device"] == "cpu"
+    assert two.utterances == one.utterances and two.overall == one.overall
