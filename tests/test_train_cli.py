@@ -113,6 +113,18 @@ def test_resume_needs_a_run_to_resume(corpus, tmp_path):
     assert list((tmp_path / "empty").iterdir()) == [] and not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc': expected an integer >= 1 (torchrun sets it)"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0': expected an integer >= 1 (torchrun sets it)"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 is not below WORLD_SIZE=2"),
+])
+def test_bad_torchrun_environment_is_a_usage_error(corpus, tmp_path, monkeypatch, env, message):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r = runner.invoke(app, train_args(corpus, tmp_path / "run", "--max-update", "1"))
+    assert r.exit_code == 2 and error_lines(r) == [f"error: bad options: {message}"], r.output
+
+
 def test_threads(corpus, tmp_path):
     r = runner.invoke(app, [*train_args(corpus, tmp_path / "run"), "--threads", "0"])
     assert r.exit_code == 2 and "--threads" in r.stderr

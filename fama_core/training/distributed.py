@@ -43,12 +43,18 @@ def _env_int(name: str, default: int, minimum: int) -> int:
     return n
 
 
-def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
-    """Join torchrun's process group (gloo on CPU, nccl on GPU) and pick this worker's device."""
+def torchrun_env() -> tuple[int, int]:
+    """(WORLD_SIZE, LOCAL_RANK) from torchrun's environment (1, 0 without it); ValueError when inconsistent."""
     world = _env_int("WORLD_SIZE", 1, 1)
     local = _env_int("LOCAL_RANK", 0, 0)
     if world > 1 and _env_int("RANK", 0, 0) >= world:
         raise ValueError(f"RANK={os.environ['RANK']} is not below WORLD_SIZE={world}")
+    return world, local
+
+
+def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
+    """Join torchrun's process group (gloo on CPU, nccl on GPU) and pick this worker's device."""
+    world, local = torchrun_env()
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)

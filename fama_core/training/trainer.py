@@ -32,7 +32,7 @@ from fama_core.tokenizer import Tokenizer
 
 from .checkpointing import LAST, load_training_checkpoint, numbered_checkpoints, restore, write_checkpoint
 from .data import Batch, DataOptions, SpeechDataset, batch_seed, iterate
-from .distributed import Dist, init_distributed
+from .distributed import Dist, init_distributed, torchrun_env
 from .loss import LossWeights, fama_loss
 from .schedule import Schedule
 from .validation import dev_loss, dev_rows, dev_scores
@@ -185,6 +185,7 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError(f"unknown dtype {opts.dtype!r}; choose one of {', '.join(DTYPES)}")
     if opts.update_freq < 1 or opts.log_interval < 1 or min(opts.max_update, opts.max_epoch) < 0:
         raise ValueError("update_freq and log_interval must be at least 1, max_update and max_epoch at least 0")
+    torchrun_env()
     if not opts.finetune_from:
         model_config(opts, 100)  # the dimensions fit together (the vocabulary size does not matter here)
     save_dir = Path(opts.save_dir)
