@@ -226,6 +226,8 @@ def average(
     upper_bound: Annotated[int | None, _opt("Ignore checkpoints after this update")] = None,
     spm: Annotated[Path | None, _opt("SentencePiece model (default: tokenizer.model beside the checkpoints)")]
     = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the model files of an existing output "
+                                                                "folder (nothing else in it is touched)")] = False,
 ) -> None:
     """Average checkpoint weights as FBK's average_checkpoints.py (the -asr and final FAMA models are --last 25)."""
     from fama_core.checkpoints import CheckpointError
@@ -234,7 +236,7 @@ def average(
     if not checkpoints and directory is None:
         raise fail("give checkpoint files or --dir", 2)
     try:
-        folder = run_average(checkpoints or None, directory, last, output, spm, upper_bound)
+        folder = run_average(checkpoints or None, directory, last, output, spm, upper_bound, overwrite)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     meta = json.loads((folder / "config.json").read_text())

@@ -163,3 +163,25 @@ def test_spm_does_not_depend_on_the_hash_seed(corpus, tmp_path):
                         "--vocab-size", "60", "--model-type", "bpe"], env=env, check=True, capture_output=True)
         outputs.append((out.with_suffix(".model").read_bytes(), out.with_suffix(".txt").read_bytes()))
     assert outputs[0] == outputs[1]
+
+
+def test_average_never_replaces_the_run_or_an_existing_folder(corpus, tmp_path):
+    """`fama average --dir runs/s1 -o runs/s1` leaves the run intact; an existing non-empty output is refused
+    unless --overwrite, which replaces the model files only."""
+    run = tmp_path / "runs" / "s1"
+    r = runner.invoke(app, [*train_args(corpus, run, "--max-update", "2", "--quiet"), "--save-interval-updates", "1"])
+    assert r.exit_code == 0, r.output
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    r = runner.invoke(app, ["average", "--dir", str(run), "--last", "2", "-o", str(run)])
+    assert r.exit_code != 0 and len(error_lines(r)) == 1, r.output
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    r = runner.invoke(app, ["average", "--dir", str(run), "--last", "2", "-o", str(keep)])
+    assert r.exit_code != 0 and sorted(p.name for p in keep.iterdir()) == ["notes.txt"], r.output
+    r = runner.invoke(app, ["average", "--dir", str(run), "--last", "2", "-o", str(keep), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (keep / "notes.txt").read_text() == "mine" and (keep / "model.safetensors").exists()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
