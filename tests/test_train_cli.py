@@ -36,6 +36,7 @@ def corpus(tmp_path_factory) -> dict:
 
 def train_args(corpus: dict, save_dir: Path, *extra: str, model: dict | None = None) -> list[str]:
     config = save_dir.parent / f"{save_dir.name}-model.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps(TINY if model is None else model))
     return ["train", "--save-dir", str(save_dir), "--train-subset", str(corpus["asr"]), "--spm", str(corpus["spm"]),
             "--model-config", str(config), "--max-tokens", "3000", "--update-freq", "1", "--lr-scheduler", "fixed",
