@@ -86,12 +86,15 @@ def test_d_model_alone_sets_the_decoder_width(corpus, tmp_path):
 
     r = runner.invoke(app, [*train_args(corpus, tmp_path / "two", "--max-update", "1"), "--d-model", "32"])
     assert r.exit_code == 2, r.output
-    assert error_lines(r) == ["error: bad options: decoder_dim 96 must equal d_model 32 (the top CTC head adds the "
-                              "decoder's language embedding to the encoder output)"]
+    assert error_lines(r) == ["error: bad options: model config: decoder_dim must equal d_model (the top CTC head "
+                              "adds the decoder's language embedding to the encoder output)"]
     r = runner.invoke(app, [*train_args(corpus, tmp_path / "odd", "--max-update", "1", model=model),
                             "--d-model", "30", "--encoder-heads", "4"])
-    assert r.exit_code == 2 and "d_model / encoder_heads = 30 / 4" in r.stderr, r.output
-    assert not (tmp_path / "two").exists() and not (tmp_path / "odd").exists()
+    assert r.exit_code == 2, r.output
+    assert error_lines(r) == ["error: bad options: model config: d_model must be divisible by encoder_heads"]
+    r = runner.invoke(app, [*train_args(corpus, tmp_path / "ctc", "--max-update", "1"), "--ctc-encoder-layer", "4"])
+    assert r.exit_code == 2 and "training needs 1 <= ctc_encoder_layer (4) <= encoder_layers (3)" in r.stderr
+    assert not any((tmp_path / name).exists() for name in ("two", "odd", "ctc"))
 
 
 def test_unknown_preset_lists_the_presets(corpus, tmp_path):

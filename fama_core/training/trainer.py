@@ -162,16 +162,16 @@ def model_config(opts: TrainOptions, vocab_size: int) -> ModelConfig:
         over["decoder_dim"] = over["d_model"]
     cfg = ModelConfig.from_dict({**preset(opts.model).to_dict(), "vocab_size": vocab_size,
                                  "src_vocab_size": vocab_size, **over})
-    if cfg.decoder_dim != cfg.d_model:
-        raise ValueError(f"decoder_dim {cfg.decoder_dim} must equal d_model {cfg.d_model} (the top CTC head adds "
-                         "the decoder's language embedding to the encoder output)")
-    for width, heads, what in ((cfg.d_model, cfg.encoder_heads, "d_model / encoder_heads"),
-                               (cfg.decoder_dim, cfg.decoder_heads, "decoder_dim / decoder_heads")):
-        if heads < 1 or width < 2 or width % heads or width % 2:
-            raise ValueError(f"{what} = {width} / {heads}: the width must be even and divide into the heads")
+    rules = [(cfg.d_model % cfg.encoder_heads == 0, "d_model must be divisible by encoder_heads"),
+             (cfg.decoder_dim % cfg.decoder_heads == 0, "decoder_dim must be divisible by decoder_heads"),
+             (cfg.decoder_dim == cfg.d_model, "decoder_dim must equal d_model (the top CTC head adds the decoder's "
+                                              "language embedding to the encoder output)")]
+    for ok, why in rules:
+        if not ok:
+            raise ValueError(f"model config: {why}")
     if not 1 <= cfg.ctc_encoder_layer <= cfg.encoder_layers or cfg.decoder_layers < 1:
-        raise ValueError(f"need 1 <= ctc_encoder_layer ({cfg.ctc_encoder_layer}) <= encoder_layers "
-                         f"({cfg.encoder_layers}) and at least one decoder layer")
+        raise ValueError(f"model config: training needs 1 <= ctc_encoder_layer ({cfg.ctc_encoder_layer}) <= "
+                         f"encoder_layers ({cfg.encoder_layers}) for the intermediate CTC loss, and a decoder layer")
     return cfg
 
 
