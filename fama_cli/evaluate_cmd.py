@@ -1,6 +1,7 @@
 """`fama eval` (registered on the app in fama_cli.main): decode a manifest and score it, or score outputs.
 
-Exit codes: 0 ok, 1 a --max-wer/--min-bleu gate failed, 2 usage error (bad options, unreadable input).
+Exit codes: 0 ok, 1 a --max-wer/--min-bleu gate failed or a row could not be decoded (the other rows are
+scored), 2 usage error (bad options, unreadable manifest or model).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fama_cli.main import app, err, fail, out
+from fama_cli.train_cmd import apply_threads
 
 
 def _opt(text: str, *names: str) -> typer.Option:
@@ -48,7 +51,8 @@ def eval_cmd(
     = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC, no attention decoder")] = False,
     batch_size: Annotated[int | None, _opt("Most utterances decoded at once (default: 16)")] = None,
-    device: Annotated[str | None, _opt("cpu, cuda, cuda:1, ... (default: cuda if available)")] = None,
+    device: Annotated[str | None, _opt("cpu, cuda (every GPU), cuda:1 or a list such as cuda:0,cuda:2 "
+                                       "(default: every GPU, else the CPU)")] = None,
     dtype: Annotated[str | None, _opt("float32, float16 or bfloat16 (default: float32)")] = None,
     report: Annotated[Path | None, _opt("Write the JSON report here (per-utterance scores worst first, options, "
                                         "model, RTF)", "--report", "-o")] = None,
@@ -56,6 +60,8 @@ def eval_cmd(
     min_bleu: Annotated[float | None, _opt("Exit 1 when the overall BLEU is below this", "--min-bleu")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)",
+                                                show_default=False)] = None,
 ) -> None:
     """Score a model the way papers do: WER/CER (+ raw WER) for ASR, BLEU/chrF (+ signature) for ST.
 
@@ -63,17 +69,11 @@ def eval_cmd(
 
     Score existing outputs: fama eval --hyp hyp.json --ref test.tsv --task st --min-bleu 25
 
-    Exit codes: 0 ok, 1 a --max-wer/--min-bleu gate failed, 2 usage error.
+    A row whose audio cannot be read or decoded is reported on stderr and left out of the scores; the
+    others are scored. Exit codes: 0 ok, 1 a --max-wer/--min-bleu gate failed or a row failed, 2 usage error.
     """
-    if task not in ("asr", "st"):
-        raise fail(f"--task must be asr or st, not {task!r}", 2)
-    if max_wer is not None and task != "asr":
-        raise fail("--max-wer gates WER, an ASR score; use --min-bleu with --task st", 2)
-    if min_bleu is not None and task != "st":
-        raise fail("--min-bleu gates BLEU, a translation score; use --max-wer with --task asr", 2)
-    if to is not None and task != "st":
-        raise fail("--to is the target language of --task st; for ASR the spoken language is each row's "
-                   "src_lang (or --lang)", 2)
+    _check_task_options(task, max_wer, min_bleu, to)
+    apply_threads(threads)
     if report is not None:
         _check_writable(report)
 
@@ -94,27 +94,55 @@ def eval_cmd(
             raise fail("--lang is the spoken language for ASR; for --task st give the target with --to", 2)
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
                                    batch_size, device, dtype, quiet or as_json)
+    _output(result, report, as_json, quiet)
+    _exit_code(result, max_wer, min_bleu)
 
+
+def _check_task_options(task: str, max_wer: float | None, min_bleu: float | None, to: str | None) -> None:
+    if task not in ("asr", "st"):
+        raise fail(f"--task must be asr or st, not {task!r}", 2)
+    if max_wer is not None and task != "asr":
+        raise fail("--max-wer gates WER, an ASR score; use --min-bleu with --task st", 2)
+    if min_bleu is not None and task != "st":
+        raise fail("--min-bleu gates BLEU, a translation score; use --max-wer with --task asr", 2)
+    if to is not None and task != "st":
+        raise fail("--to is the target language of --task st; for ASR the spoken language is each row's "
+                   "src_lang (or --lang)", 2)
+
+
+def _output(result, report: Path | None, as_json: bool, quiet: bool) -> None:
     from fama_core.evaluation import write_report
-    from fama_core.scoring import gate
 
     if report is not None:
         try:
             write_report(result, report)
         except OSError as e:
             raise fail(f"cannot write the report to {report}: {e}", 2) from None
+    for row in getattr(result, "failed", []):
+        err.print(f"[red]failed:[/] row {escape(row['id'])} ({escape(row['audio'])}): {escape(row['error'])}",
+                  soft_wrap=True)
     if as_json:
         print(result.to_json())
     elif not quiet:
         out.print(result.summary(), soft_wrap=True)
         if report is not None:
             out.print(f"report: {report}")
+
+
+def _exit_code(result, max_wer: float | None, min_bleu: float | None) -> None:
+    from fama_core.scoring import gate
+
+    failed = len(getattr(result, "failed", []))
+    if not result.utterances:
+        raise fail(f"no row could be decoded ({failed} failed)")
     if not gate(result, max_wer, min_bleu):
         if max_wer is not None:
             err.print(f"gate failed: WER {result.overall.wer:.2f} > --max-wer {max_wer:g}")
         else:
             err.print(f"gate failed: BLEU {result.overall.bleu:.2f} < --min-bleu {min_bleu:g}")
         raise typer.Exit(1)
+    if failed:
+        raise fail(f"{failed} row(s) failed and were not scored")
 
 
 def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
@@ -135,6 +163,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
+    from fama_core.pipeline import resolve_devices
 
     if dtype is not None and dtype not in DTYPES:
         raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
@@ -158,7 +187,11 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     except (OSError, ValueError) as e:
         raise fail(str(e) if isinstance(e, ValueError) else f"cannot read manifest {manifest}: {e}", 2) from None
     try:
-        pair = load_model(model, device=device, dtype=dtype)
+        devices = resolve_devices(device)
+    except ValueError as e:
+        raise fail(f"--device: {e}", 2) from None
+    try:
+        pair = load_model(model, device=devices[0], dtype=dtype)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(f"cannot load model {model}: {e}", 2) from None
 
@@ -172,7 +205,8 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
         bar = progress.add_task("eval", total=total or None)
         progress.start()
     try:
-        return evaluate(rows, pair, options=options, base=manifest.parent, model_name=model,
+        return evaluate(rows, pair, options=options, device=",".join(devices), base=manifest.parent,
+                        model_name=model,
                         progress=(lambda s: progress.advance(bar, s)) if progress else None)
     except EvalError as e:
         raise fail(str(e), 2) from None

@@ -21,6 +21,16 @@ def _opt(text: str, *names: str) -> Any:
     return typer.Option(*names, help=text, show_default=False)
 
 
+def apply_threads(n: int | None) -> None:
+    """`--threads N`: torch's intra-op CPU threads (None: leave torch's default)."""
+    if n is not None:
+        if n < 1:
+            raise fail("--threads must be at least 1", 2)
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _subsets(value: str | None, root: Path | None) -> list[str] | None:
     """`a,b,c`: manifest paths, or names of `<name>.tsv` files under --data (fairseq's --train-subset)."""
     if value is None:
@@ -49,10 +59,10 @@ def _progress_printer(quiet: bool, as_json: bool):
             return
         ev = r.get("event")
         if ev == "start":
-            skipped = sum(r["skipped"].values())
-            out.print(f"{r['parameters']:,} parameters, {r['train_utterances']:,} utterances "
-                      f"({skipped:,} skipped: {r['skipped']}), {r['world_size']} worker(s) on {r['device']}"
-                      + (f", resumed at update {r['update']}" if r["resumed"] else ""))
+            out.print(f"training {r['parameters']:,} parameters on {r['train_utterances']:,} utterances "
+                      f"({r['skipped_summary']}), {r['world_size']} worker(s) on {r['device']}"
+                      + (f", resumed at update {r['update']} (epoch {r['epoch']})" if r["resumed"] else ""),
+                      soft_wrap=True)
         elif ev == "train":
             p = state["progress"]
             if p is None:
@@ -138,14 +148,21 @@ def train(
     tensorboard: Annotated[Path | None, _opt("Also write TensorBoard scalars here (needs tensorboard)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --save-dir exactly where it "
                                                           "stopped")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)",
+                                                show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every log record as a JSON line")] = False,
 ) -> None:
-    """Train a FAMA model with FBK's recipe (stage 1: ASR; stage 2: ASR+ST). Works under torchrun (DDP)."""
+    """Train a FAMA model with FBK's recipe (stage 1: ASR; stage 2: ASR+ST). Works under torchrun (DDP).
+
+    Exit codes: 0 done, 1 training failed (e.g. no readable audio), 2 usage error (bad options or files).
+    """
     from fama_core.checkpoints import CheckpointError
     from fama_core.training import TrainOptions, load_preset, merge_options
     from fama_core.training import train as run_training
+    from fama_core.training.trainer import check_options
 
+    apply_threads(threads)
     try:
         base = load_preset(preset, stage)
     except (ValueError, OSError, json.JSONDecodeError) as e:
@@ -184,10 +201,9 @@ def train(
         overrides["model_overrides"] = model
     try:
         options = TrainOptions.from_dict(merge_options(base, overrides))
+        check_options(options)
     except (TypeError, ValueError) as e:
         raise fail(f"bad options: {e}", 2) from None
-    if not options.train:
-        raise fail("no training data: give --train-subset", 2)
     on_log, close = _progress_printer(quiet, as_json)
     try:
         last = run_training(options, on_log=on_log)
@@ -210,6 +226,8 @@ def average(
     upper_bound: Annotated[int | None, _opt("Ignore checkpoints after this update")] = None,
     spm: Annotated[Path | None, _opt("SentencePiece model (default: tokenizer.model beside the checkpoints)")]
     = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the model files of an existing output "
+                                                                "folder (nothing else in it is touched)")] = False,
 ) -> None:
     """Average checkpoint weights as FBK's average_checkpoints.py (the -asr and final FAMA models are --last 25)."""
     from fama_core.checkpoints import CheckpointError
@@ -218,7 +236,7 @@ def average(
     if not checkpoints and directory is None:
         raise fail("give checkpoint files or --dir", 2)
     try:
-        folder = run_average(checkpoints or None, directory, last, output, spm, upper_bound)
+        folder = run_average(checkpoints or None, directory, last, output, spm, upper_bound, overwrite)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     meta = json.loads((folder / "config.json").read_text())

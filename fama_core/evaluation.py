@@ -1,10 +1,10 @@
 """Evaluate a model on a manifest: decode every row the way `transcribe` does, then score it (scoring.py).
 
-Rows are read in manifest order into pools of about `pool_seconds` of audio (a file cut into many
-`path:offset:length` rows is decoded from media once while its rows are being read), each pool is sorted by
-length and decoded in transcription's own memory-bounded batches (`transcribe._batches` and
-`transcribe.decode_chunks`), and the tokens become text as in a transcript (`transcribe.make_segments`).
-Each row is decoded whole, without VAD cutting: test sets come already segmented.
+Decoding goes through the transcription `Pipeline` (its cross-file, length-sorted, memory-bounded batches,
+OOM halving and devices), one run per decoding language, with each row decoded whole as one chunk
+(`TranscribeOptions.split=False`, no VAD cutting: test sets come already segmented). A file cut into many
+`path:offset:length` rows is decoded from media once while its consecutive rows are read. A row whose audio
+cannot be read or decoded fails alone: it is listed in the report's `failed` and left out of the scores.
 
 ASR decodes a row with its spoken language's tag and scores it against `src_text` (or `tgt_text` when that is
 in the spoken language); ST decodes with the target language's tag and scores against `tgt_text`.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -24,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from .audio import AudioError, load_audio
 from .checkpoints import load_model
 from .decoding import DecodeOptions
-from .features import SAMPLE_RATE
+from .inputs import InputFile
 from .manifest import ManifestRow, read_manifest
-from .pipeline import TranscribeOptions, _batches, decode_chunks, make_segments
+from .pipeline import Pipeline, RunProgress, TranscribeOptions, resolve_devices
 from .scoring import Report, score, score_files
 
 _FILE_CACHE = 2  # whole decoded media files kept for their `path:offset:length` rows
@@ -62,6 +62,7 @@ class EvalReport(Report):
     audio_seconds: float = 0.0
     decode_seconds: float = 0.0  # wall time of feature extraction + decoding, audio reading excluded
     skipped: int = 0  # ST rows of other directions (see EvalOptions.to)
+    failed: list[dict] = field(default_factory=list)  # rows that could not be read or decoded: id, audio, error
 
     @property
     def rtf(self) -> float:
@@ -72,7 +73,8 @@ class EvalReport(Report):
         d = super().to_dict()
         utterances = d.pop("utterances")
         d.update(model=self.model, options=self.options, audio_seconds=round(self.audio_seconds, 3),
-                 decode_seconds=round(self.decode_seconds, 3), rtf=round(self.rtf, 5), skipped=self.skipped)
+                 decode_seconds=round(self.decode_seconds, 3), rtf=round(self.rtf, 5), skipped=self.skipped,
+                 failed=self.failed)
         d["utterances"] = utterances  # the long list last
         return d
 
@@ -81,6 +83,8 @@ class EvalReport(Report):
                 f"{self.audio_seconds / 60:.1f} min audio in {self.decode_seconds:.1f} s · RTF {self.rtf:.3f}")
         if self.skipped:
             head += f" · {self.skipped} rows of other directions or transcriptions skipped"
+        if self.failed:
+            head += f" · {len(self.failed)} rows failed (not scored)"
         return head + "\n" + super().summary()
 
 
@@ -129,66 +133,81 @@ def plan(rows: Sequence[ManifestRow], options: EvalOptions) -> tuple[list[_Item]
     return items, skipped
 
 
-def _clip(row: ManifestRow, base: Path, cache: OrderedDict) -> np.ndarray:
-    path = row.audio_path(base)
-    if path not in cache:
-        try:
-            cache[path] = load_audio(path)
-        except (AudioError, OSError) as e:
-            raise EvalError(f"row {row.id!r}: cannot read audio: {e}") from None
-        while len(cache) > _FILE_CACHE:
-            cache.popitem(last=False)
-    cache.move_to_end(path)
-    wave = cache[path]
-    if row.offset is not None:
+class _Clips:
+    """`path:offset:length` rows as waveforms, cutting each media file decoded once for its consecutive rows;
+    shared by the pipeline's reader threads."""
+
+    def __init__(self, keep: int = _FILE_CACHE) -> None:
+        self.cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.keep = keep
+        self.lock = threading.Lock()
+
+    def source(self, row: ManifestRow, base: Path) -> Any:
+        """What the pipeline reads for a row: its path, or a function returning its clip."""
+        path = row.audio_path(base)
+        return path if row.offset is None else (lambda: self.clip(row, path))
+
+    def clip(self, row: ManifestRow, path: Path) -> np.ndarray:
+        with self.lock:
+            if path not in self.cache:
+                self.cache[path] = load_audio(path)
+                while len(self.cache) > self.keep:
+                    self.cache.popitem(last=False)
+            self.cache.move_to_end(path)
+            wave = self.cache[path]
         if row.offset + row.length > len(wave):
-            raise EvalError(f"row {row.id!r}: samples {row.offset}..{row.offset + row.length} are past the end "
-                            f"of {path} ({len(wave)} samples at 16 kHz)")
-        wave = wave[row.offset:row.offset + row.length]
-    if len(wave) == 0:
-        raise EvalError(f"row {row.id!r}: no audio samples")
-    return wave
+            raise AudioError(f"samples {row.offset}..{row.offset + row.length} are past the end of {path} "
+                             f"({len(wave)} samples at 16 kHz)")
+        return wave[row.offset:row.offset + row.length]
+
+
+@dataclass
+class Decoded:
+    """What decoding gave each item: its text (None when it failed), audio seconds and error."""
+
+    texts: list[str | None]
+    seconds: list[float]
+    errors: list[str | None]
+    wall: float  # seconds the decoding took (audio reading overlaps it)
 
 
 def decode_manifest(model: Any, tokenizer: Any, items: list[_Item], base: Path, options: EvalOptions,
-                    progress: Callable[[float], None] | None = None) -> tuple[list[str], list[float], float]:
-    """Hypothesis text and audio seconds of each item, and the decode wall time."""
+                    progress: Callable[[float], None] | None = None, devices: list[str] | None = None) -> Decoded:
+    """Decode each item whole (no VAD cutting) through the transcription `Pipeline`, one run per language.
+
+    A row that cannot be read or decoded gets its error instead of a text; the others are decoded. `devices`:
+    decode on each of these with its own copy of the model (default: the model's device).
+    """
     o = options
-    lang_ids = {lang: tokenizer.lang_tag_id(lang) for lang in {it.lang for it in items}}
-    texts: list[str] = [""] * len(items)
-    seconds = [0.0] * len(items)
-    wall = 0.0
-    cache: OrderedDict = OrderedDict()
-    pool: list[tuple[int, torch.Tensor]] = []
-    pooled = 0
+    task = "transcribe" if o.task == "asr" else "translate"
+    decoded = Decoded([None] * len(items), [0.0] * len(items), [None] * len(items), 0.0)
+    clips = _Clips()
+    start = time.perf_counter()
+    for lang in dict.fromkeys(it.lang for it in items):  # manifest order: a file's clips stay together
+        which = [n for n, it in enumerate(items) if it.lang == lang]
+        topts = TranscribeOptions(task=task, language=lang, decode=o.decode, batch_size=o.batch_size,
+                                  batch_seconds=o.batch_seconds, pool_seconds=o.pool_seconds, split=False,
+                                  detect_source=False)
+        inputs = [InputFile(items[n].row.audio) for n in which]
+        position = {id(x): n for x, n in zip(inputs, which)}
+        sources = [clips.source(items[n].row, base) for n in which]
+        done = 0.0
 
-    def flush() -> None:
-        nonlocal wall
-        lengths = [len(a) for _, a in pool]
-        order = sorted(range(len(pool)), key=lambda j: -lengths[j])
-        for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
-            start = time.perf_counter()
-            results = decode_chunks(model, [pool[j][1] for j in batch],
-                                    [lang_ids[items[pool[j][0]].lang] for j in batch], o.decode)
-            wall += time.perf_counter() - start
-            for j, result in zip(batch, results):
-                n = pool[j][0]
-                segments = make_segments(tokenizer, [(0.0, seconds[n])], [result])
-                texts[n] = " ".join(s.text for s in segments)
-            if progress:
-                progress(sum(lengths[j] for j in batch) / SAMPLE_RATE)
+        def advance(p: RunProgress) -> None:  # `progress` gets the seconds decoded since its last call
+            nonlocal done
+            if progress and p.speech_done > done:
+                progress(p.speech_done - done)
+            done = p.speech_done
 
-    for n, it in enumerate(items):
-        audio = torch.from_numpy(np.ascontiguousarray(_clip(it.row, base, cache)))
-        seconds[n] = len(audio) / SAMPLE_RATE
-        pool.append((n, audio))
-        pooled += len(audio)
-        if pooled >= o.pool_seconds * SAMPLE_RATE:
-            flush()
-            pool, pooled = [], 0
-    if pool:
-        flush()
-    return texts, seconds, wall
+        for r in Pipeline(model, tokenizer, topts, devices=devices).run(inputs, sources, advance):
+            n = position[id(r.item)]
+            decoded.seconds[n] = r.seconds
+            if r.error:
+                decoded.errors[n] = r.error
+            else:
+                decoded.texts[n] = " ".join(s.text for s in r.transcript.segments)
+    decoded.wall = time.perf_counter() - start
+    return decoded
 
 
 def _version() -> str:
@@ -207,9 +226,12 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
 
     `manifest` is a path or rows (relative audio paths resolve against `base`, default the manifest's folder
     or the working directory); `model` a name/path for `load_model` or a `(model, tokenizer)` pair; `task`,
-    `to` and `batch_size` override `options`; extra keyword arguments set `DecodeOptions` fields
-    (beam_size=1, greedy=True, ...). Groups: per spoken language (ASR) or per "src-tgt" direction (ST);
-    utterances worst first, each with its `seconds` of audio. Raises EvalError for unusable input.
+    `to` and `batch_size` override `options`; `device` as transcription's ("cuda:0,cuda:1" decodes on both;
+    default every GPU, else the CPU; with a pair, the model's own device); extra keyword arguments set
+    `DecodeOptions` fields (beam_size=1, greedy=True, ...). Groups: per spoken language (ASR) or per "src-tgt"
+    direction (ST); utterances worst first, each with its `seconds` of audio. A row whose audio cannot be read
+    or decoded is left out of the scores and listed in `failed` (id, audio, error). Raises EvalError for
+    unusable input.
     """
     o = dataclasses.replace(options or EvalOptions())
     if task is not None:
@@ -233,9 +255,13 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
     else:
         rows, base = list(manifest), Path(base or ".")
     items, skipped = plan(rows, o)
+    try:
+        devices = resolve_devices(device) if device is not None or isinstance(model, (str, Path)) else None
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     if isinstance(model, (str, Path)):
         model_name = model_name or str(model)
-        model, tokenizer = load_model(model, device=device, dtype=dtype)
+        model, tokenizer = load_model(model, device=devices[0], dtype=dtype)
     else:
         model, tokenizer = model
     for lang in sorted({it.lang for it in items}):
@@ -243,17 +269,20 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
             tokenizer.lang_tag_id(lang)
         except ValueError as e:
             raise EvalError(str(e)) from None
-    texts, seconds, wall = decode_manifest(model, tokenizer, items, base, o, progress)
-    report = score([it.row.id for it in items], texts, [it.ref for it in items], o.task,
-                   [it.label for it in items], o.normalize)
-    by_id = {it.row.id: (it, s) for it, s in zip(items, seconds)}
+    decoded = decode_manifest(model, tokenizer, items, base, o, progress, devices)
+    ok = [n for n, text in enumerate(decoded.texts) if text is not None]
+    report = score([items[n].row.id for n in ok], [decoded.texts[n] for n in ok], [items[n].ref for n in ok],
+                   o.task, [items[n].label for n in ok], o.normalize)
+    by_id = {items[n].row.id: n for n in ok}
     for u in report.utterances:
-        it, s = by_id[u["id"]]
-        u.update(audio=it.row.audio, seconds=round(s, 3))
-    info = {**dataclasses.asdict(o), "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
-            "fama_version": _version()}
+        n = by_id[u["id"]]
+        u.update(audio=items[n].row.audio, seconds=round(decoded.seconds[n], 3))
+    failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
+    info = {**dataclasses.asdict(o), "device": ",".join(devices) if devices else str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."), "fama_version": _version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",
-                      options=info, audio_seconds=sum(seconds), decode_seconds=wall, skipped=skipped)
+                      options=info, audio_seconds=sum(decoded.seconds[n] for n in ok), decode_seconds=decoded.wall,
+                      skipped=skipped, failed=failed)
 
 
 def evaluate_files(hyp: str | Path, ref: str | Path, task: str = "asr", lang: str | None = None,

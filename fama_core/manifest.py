@@ -65,9 +65,24 @@ class ManifestRow:
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """Rows of a manifest; raises ValueError naming the file and line of the first bad row."""
+    """Rows of a manifest (UTF-8, a byte-order mark allowed); raises ValueError naming the file and line of the
+    first bad row, or the file and offset of the first byte that is not UTF-8."""
     path = Path(path)
-    with open(path, encoding="utf-8", newline="") as f:
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the manifest as "
+                             "UTF-8") from None
+        raise
+
+
+def _read_rows(path: Path) -> list[ManifestRow]:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if not header:

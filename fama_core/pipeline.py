@@ -33,7 +33,7 @@ from .inputs import InputFile
 from .model import FamaModel
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
-from .vad import VadOptions, iter_speech_chunks
+from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 
 FRAME_SECONDS = 0.04  # one encoder frame
 BLOCK_SECONDS = 30.0  # audio read from ffmpeg at a time
@@ -52,6 +52,7 @@ class TranscribeOptions:
     detect_seconds: float = 30.0  # speech used to detect the language: exactly the first this many seconds
     detect_source: bool = True  # translate: detect the spoken language too (recorded; the CLI warns if = target)
     readers: int = 2  # files decoded and VAD-split in parallel (hides ffmpeg start-up on many short files)
+    split: bool = True  # False: each input is decoded whole, as one chunk, without VAD (pre-segmented test sets)
 
 
 class TranscribeError(Exception):
@@ -234,6 +235,8 @@ def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
 
 
 def _waveform_blocks(source: Any, block_seconds: float, processes: set | None = None) -> Iterator[np.ndarray]:
+    if callable(source):  # read lazily, in the reader thread
+        source = source()
     if isinstance(source, (str, Path)):
         yield from stream_audio(str(source), block_seconds, processes=processes)
         return
@@ -241,6 +244,12 @@ def _waveform_blocks(source: Any, block_seconds: float, processes: set | None = 
     step = int(block_seconds * SAMPLE_RATE)
     for i in range(0, len(wave), step):
         yield wave[i:i + step]
+
+
+def _whole(blocks: Iterable[np.ndarray]) -> Iterator[SpeechChunk]:
+    audio = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks] or [np.zeros(0, np.float32)])
+    if len(audio):
+        yield SpeechChunk(0.0, len(audio) / SAMPLE_RATE, audio)
 
 
 def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOptions, out: queue.Queue,
@@ -262,8 +271,8 @@ def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOpt
                 yield b
 
         try:
-            for chunk in iter_speech_chunks(counted(_waveform_blocks(f.source, BLOCK_SECONDS, processes)),
-                                            options.vad):
+            blocks = counted(_waveform_blocks(f.source, BLOCK_SECONDS, processes))
+            for chunk in iter_speech_chunks(blocks, options.vad) if options.split else _whole(blocks):
                 if stop.is_set():
                     return
                 out.put((i, chunk))
@@ -351,9 +360,9 @@ class Pipeline:
             progress: Callable[[RunProgress], None] | None = None) -> Iterator[FileResult]:
         """FileResults, each as soon as its file is done (not necessarily in input order).
 
-        `sources` replaces the paths of `items` with waveforms (library use); `progress` gets a `RunProgress`
-        whenever audio was read or decoded. Stopping early (closing the iterator, Ctrl-C) stops the readers
-        and their ffmpeg processes.
+        `sources` replaces the paths of `items` with waveforms (library use), or with functions that return a
+        waveform or path when the file's turn comes; `progress` gets a `RunProgress` whenever audio was read
+        or decoded. Stopping early (closing the iterator, Ctrl-C) stops the readers and their ffmpeg processes.
         """
         o, tok = self.options, self.tokenizer
         fixed = None if o.language == "auto" else tok.lang_tag_id(o.language)

@@ -196,6 +196,9 @@ def bleu(hyps: Sequence[str], refs: Sequence[str]) -> BleuResult:
     _check_lengths(hyps, refs)
     hyps, refs = [" ".join(h.split()) for h in hyps], [" ".join(r.split()) for r in refs]
     b, c = BLEU(), CHRF()
+    if not hyps:  # nothing to score (e.g. every row failed): zeros, as for an all-wrong corpus
+        b.corpus_score(["x"], [["x"]]), c.corpus_score(["x"], [["x"]])  # sacrebleu signs only scored metrics
+        return BleuResult(0.0, 0.0, [0.0] * 4, 0.0, 0, 0, 0, str(b.get_signature()), str(c.get_signature()))
     bs, cs = b.corpus_score(hyps, [refs]), c.corpus_score(hyps, [refs])
     return BleuResult(
         bleu=bs.score,

@@ -70,3 +70,16 @@ def test_write_rejects_tabs_and_newlines_and_keeps_old_file(tmp_path: Path) -> N
         write_manifest(path, [ManifestRow("bad", "a.wav", 1, "two\nlines")])
     assert path.read_bytes() == before
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "m.tsv"
+    path.write_bytes("id\taudio\tn_frames\ttgt_text\na\tb.wav\t1\tcaffè\n".encode("utf-8-sig"))
+    assert read_manifest(path) == [ManifestRow("a", "b.wav", 1, "caffè")]
+
+
+def test_latin1_manifest_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.tsv"
+    path.write_bytes("id\taudio\tn_frames\ttgt_text\na\tb.wav\t1\tok\nb\tc.wav\t1\tcaffè\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m\.tsv:3: not UTF-8 text \(byte 0xe8\); save the manifest as UTF-8"):
+        read_manifest(path)

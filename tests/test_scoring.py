@@ -289,3 +289,13 @@ def test_score_files(tmp_path):
         score_files(partial, ref, "st")
     msg = str(err.value)
     assert "2 reference ids" in msg and "u2, u3" in msg and "1 hypothesis ids" in msg and "u9" in msg
+
+
+def test_nothing_to_score_gives_zeros():
+    """Every row of an evaluation failed: the report still forms, with zero counts (the CLI then exits 1)."""
+    from fama_core.scoring import score
+
+    asr, st = score([], [], [], "asr", []), score([], [], [], "st", [])
+    assert (asr.overall.utterances, asr.overall.ref_words, asr.overall.wer) == (0, 0, 0.0)
+    assert (st.overall.utterances, st.overall.bleu, st.overall.ref_len) == (0, 0.0, 0) and st.groups == {}
+    assert st.overall.signature.startswith("nrefs:1|case:mixed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -12,8 +13,10 @@ import torch
 from test_train_data import make_corpus
 from typer.testing import CliRunner
 
+from fama_cli.main import app
 from fama_core.checkpoints import load_model
 from fama_core.decoding import DecodeOptions, decode
+from fama_core.manifest import read_manifest, write_manifest
 from fama_core.training import DataOptions, Schedule, SpeechDataset, TrainOptions, average, train
 from fama_core.training.trainer import load_training_checkpoint
 
@@ -114,11 +117,23 @@ def test_stage2_finetunes_from_average_and_validates(corpus, tmp_path, monkeypat
     opts = tiny_options(corpus, tmp_path / "s2", stage=2, train=[str(corpus["manifest"])], max_update=6,
                         finetune_from=str(tmp_path / "s1avg"),
                         spm=None, dict_path=None, schedule=Schedule("fixed", lr=1e-4), valid=[str(corpus["manifest"])],
-                        validate_interval_updates=3, valid_max_utterances=6, log_interval=1)
+                        validate_interval_updates=3, valid_max_utterances=6, log_interval=1, save_interval_updates=3)
     train(opts, on_log=records.append)
     valid = [r for r in records if r["event"] == "valid"]
     assert len(valid) == 2
     assert {"loss_asr", "loss_st", "wer_en", "bleu_en-it"} <= set(valid[0])
+    # validation scores as `fama eval` does: the same numbers from the CLI on the model of update 6
+    average([tmp_path / "s2" / "checkpoint_6.pt"], output=tmp_path / "at6")
+    dev = tmp_path / "dev.tsv"
+    base = Path(corpus["manifest"]).parent
+    write_manifest(dev, [dataclasses.replace(r, audio=str(base / r.audio))
+                         for r in read_manifest(corpus["manifest"])[:6]])
+    for task, key in (("asr", "wer_en"), ("st", "bleu_en-it")):
+        r = CliRunner().invoke(app, ["eval", str(dev), "--model", str(tmp_path / "at6"), "--task", task, "--json",
+                                     "--beam-size", "1", "--ctc-weight", "0", "--device", "cpu"])
+        assert r.exit_code in (0, 1), r.output
+        groups = json.loads(r.stdout)["groups"]
+        assert groups[key.split("_", 1)[1]]["wer" if task == "asr" else "bleu"] == valid[1][key]
     st = sum(r["st_batches"] for r in records if r["event"] == "train")
     assert 0 < st < 6 * 1  # each update is one batch here; the ASR/ST draw gives both kinds
     start = load_model(tmp_path / "s1avg", device="cpu")[0].state_dict()
@@ -128,8 +143,6 @@ def test_stage2_finetunes_from_average_and_validates(corpus, tmp_path, monkeypat
 
 
 def test_cli_manifest_spm_train_average(corpus, tmp_path):
-    from fama_cli.main import app
-
     runner = CliRunner()
     audio = corpus["manifest"].parent / "audio"
     r = runner.invoke(app, ["data", "manifest", str(audio), str(tmp_path / "train.tsv"), "--lang", "en"])

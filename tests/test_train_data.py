@@ -164,11 +164,14 @@ def test_clips_other_formats_and_worker_processes(corpus, tmp_path):
     subprocess.run(["sox", str(wav), str(flac)], check=True)
     rows = [ManifestRow("w", f"{wav}:1600:8000", 48, "x", "", "x", "en", "en"),
             ManifestRow("f", f"{flac}:1600:8000", 48, "x", "", "x", "en", "en"),
-            ManifestRow("bad", str(tmp_path / "missing.wav"), 48, "x", "", "x", "en", "en")]
+            ManifestRow("bad", str(tmp_path / "broken.wav"), 48, "x", "", "x", "en", "en"),
+            ManifestRow("gone", str(tmp_path / "missing.wav"), 48, "x", "", "x", "en", "en")]
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not really a wav file")
     write_manifest(tmp_path / "m.tsv", rows)
     ds = SpeechDataset([tmp_path / "m.tsv"], _tokenizer(corpus), DataOptions(max_tokens=1000))
+    assert len(ds) == 3 and ds.skipped["missing_audio"] == 1 and ds.missing == [str(tmp_path / "missing.wav")]
     b = ds.collate(np.arange(3))
-    assert b.ids == ["w", "f"] and b.lengths.tolist() == [48, 48] and "missing.wav" in b.failed[0]
+    assert b.ids == ["w", "f"] and b.lengths.tolist() == [48, 48] and "broken.wav" in b.failed[0]
     torch.testing.assert_close(b.features[0], b.features[1], atol=1e-3, rtol=0)  # flac is lossless
     full = SpeechDataset([corpus["manifest"]], _tokenizer(corpus), DataOptions(max_tokens=600), stage=2)
     plan = [(1, i, items) for i, items in enumerate(full.batches(1))]

@@ -62,8 +62,12 @@ def average_state_dicts(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Te
 
 
 def average(inputs: Sequence[str | Path] | None = None, folder: str | Path | None = None, last: int = 25,
-            output: str | Path = "avg", spm: str | Path | None = None, upper_bound: int | None = None) -> Path:
-    """Average `inputs` (or the `last` numbered checkpoints of `folder`) into a fama model folder `output`."""
+            output: str | Path = "avg", spm: str | Path | None = None, upper_bound: int | None = None,
+            overwrite: bool = False) -> Path:
+    """Average `inputs` (or the `last` numbered checkpoints of `folder`) into a fama model folder `output`.
+
+    `output` must be new or empty unless `overwrite` (which replaces only the model files in it); it may
+    never be, or contain, one of the inputs (`save_model`'s rules)."""
     if not inputs:
         if folder is None:
             raise CheckpointError("give checkpoint files or a training folder")
@@ -86,4 +90,4 @@ def average(inputs: Sequence[str | Path] | None = None, folder: str | Path | Non
         raise CheckpointError(f"{base}: no tokenizer.model beside the checkpoints; pass the SentencePiece model")
     model = build_model(cfg, sd, f"average of {len(paths)} checkpoints")
     names = [p.name for p in paths]
-    return save_model(model, tok, output, extra={"averaged_from": names})
+    return save_model(model, tok, output, extra={"averaged_from": names}, overwrite=overwrite, protect=paths)

@@ -23,6 +23,9 @@ from fama_core.features import compute_features, spec_augment, utterance_cmvn
 from fama_core.manifest import ManifestRow, n_frames_for_samples, read_manifest, write_manifest
 from fama_core.tokenizer import PAD, Tokenizer
 
+SKIP_REASONS = {"empty": "without audio frames", "too_long_source": "longer than max_source_positions",
+                "too_long_target": "with more tokens than max_target_positions",
+                "over_max_tokens": "longer than max_tokens", "missing_audio": "whose audio file is missing"}
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 
 
@@ -161,7 +164,10 @@ class SpeechDataset:
             self.roots.append(Path(m).resolve().parent)
             root_of += [len(self.roots) - 1] * len(rows)
             self.rows += rows
-        self.skipped = {"empty": 0, "too_long_source": 0, "too_long_target": 0, "over_max_tokens": 0}
+        self.skipped = {"empty": 0, "too_long_source": 0, "too_long_target": 0, "over_max_tokens": 0,
+                        "missing_audio": 0}
+        self.missing: list[str] = []  # audio files that do not exist (first few)
+        exists: dict[Path, bool] = {}
         src, tgt, keep = [], [], []
         for i, r in enumerate(self.rows):
             src_lang, tgt_lang = _langs(r)
@@ -179,6 +185,10 @@ class SpeechDataset:
                 self.skipped["too_long_target"] += 1
             elif r.n_frames > options.max_tokens:
                 self.skipped["over_max_tokens"] += 1
+            elif not exists.setdefault(path := r.audio_path(self.roots[root_of[i]]), path.exists()):
+                self.skipped["missing_audio"] += 1
+                if len(self.missing) < 3:
+                    self.missing.append(str(path))
             else:
                 keep.append(i)
             src.append(s)
@@ -195,6 +205,12 @@ class SpeechDataset:
     @property
     def n_skipped(self) -> int:
         return sum(self.skipped.values())
+
+    def skipped_summary(self) -> str:
+        """The skipped rows in words, e.g. "3 skipped: 2 longer than max_source_positions, 1 audio file missing"."""
+        parts = [f"{n:,} {SKIP_REASONS[k]}" for k, n in self.skipped.items() if n]
+        text = f"{self.n_skipped:,} skipped" + (": " + ", ".join(parts) if parts else "")
+        return text + (f" (e.g. {self.missing[0]})" if self.missing else "")
 
     def row(self, k: int) -> ManifestRow:
         return self.rows[int(self.index[k])]
@@ -396,9 +412,7 @@ def manifest_texts(manifests: Iterable[str | Path]) -> tuple[list[str], list[str
     texts, langs = [], []
     for m in manifests:
         for r in read_manifest(m):
-            for t in {r.src_text, r.tgt_text}:
-                if t:
-                    texts.append(t)
+            texts += [t for t in dict.fromkeys((r.src_text, r.tgt_text)) if t]  # in order, once each
             for lang in (r.src_lang, r.tgt_lang):
                 if lang and lang not in langs:
                     langs.append(lang)

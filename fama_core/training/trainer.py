@@ -9,11 +9,10 @@ same global batch split over more workers, takes the same steps.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -27,16 +26,21 @@ import torch.distributed as dist
 from torch import nn
 
 from fama_core.checkpoints import DTYPES, CheckpointError, load_model
-from fama_core.config import ModelConfig, preset
+from fama_core.config import PRESETS, ModelConfig, preset
 from fama_core.model import FamaModel
 from fama_core.tokenizer import Tokenizer
 
+from .checkpointing import LAST, load_training_checkpoint, numbered_checkpoints, restore, write_checkpoint
 from .data import Batch, DataOptions, SpeechDataset, batch_seed, iterate
+from .distributed import Dist, init_distributed, torchrun_env
 from .loss import LossWeights, fama_loss
 from .schedule import Schedule
+from .validation import dev_loss, dev_rows, dev_scores
+
+__all__ = ["LAST", "Dist", "TrainOptions", "Trainer", "check_options", "init_distributed", "load_preset",
+           "load_training_checkpoint", "merge_options", "model_config", "numbered_checkpoints", "train"]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "presets"
-LAST = "checkpoint_last.pt"
 LOG_FILE = "train_log.jsonl"
 
 
@@ -115,113 +119,6 @@ def merge_options(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
     return out
 
 
-# --------------------------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: list[float], device: torch.device) -> list[float]:
-        if self.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
-    """Join torchrun's process group (gloo on CPU, nccl on GPU) and pick this worker's device."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local)
-    if world > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        # generous timeout: the other workers wait at a barrier while rank 0 validates
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-    rank = dist.get_rank() if world > 1 else 0
-    return Dist(rank, world, local), dev
-
-
-# --------------------------------------------------------------------------------------------- checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG as tensors and lists, so `torch.load(weights_only=True)` can read it back."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, py_state, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-                  "cached": cached},
-        "python": {"version": version, "state": list(py_state), "gauss": gauss},
-    }
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = s["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def numbered_checkpoints(folder: str | Path) -> list[Path]:
-    """`checkpoint_<updates>.pt` files of a folder, oldest first."""
-    found = []
-    for p in Path(folder).glob("checkpoint_*.pt"):
-        n = p.stem.split("_", 1)[1]
-        if n.isdigit():
-            found.append((int(n), p))
-    return [p for _, p in sorted(found)]
-
-
-def load_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable training checkpoint: {str(e).splitlines()[0]}") from None
-    if not isinstance(ckpt, dict) or "fama_train" not in ckpt:
-        raise CheckpointError(f"{path}: not a fama training checkpoint")
-    return ckpt
-
-
 # --------------------------------------------------------------------------------------------- set-up
 
 
@@ -250,10 +147,53 @@ def _initial_model(opts: TrainOptions, tokenizer: Tokenizer | None) -> tuple[Fam
         return model.train(), tokenizer or tok
     if tokenizer is None:
         raise ValueError("no tokenizer: give --spm (train one with `fama data spm`) or --finetune-from a model")
-    cfg = preset(opts.model) if opts.model in ("small", "medium") else ModelConfig()
-    cfg = dataclasses.replace(cfg, vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size)
-    cfg = ModelConfig.from_dict({**cfg.to_dict(), **opts.model_overrides})
-    return FamaModel(cfg), tokenizer
+    return FamaModel(model_config(opts, tokenizer.vocab_size)), tokenizer
+
+
+def model_config(opts: TrainOptions, vocab_size: int) -> ModelConfig:
+    """The preset's dimensions with `model_overrides`; the decoder width follows `d_model` unless given (FAMA's
+    top CTC head adds the decoder's language embedding to the encoder output, so the two widths are one).
+    Raises ValueError for an unknown preset or dimensions that do not fit together."""
+    if opts.model not in PRESETS:
+        raise ValueError(f"unknown model preset {opts.model!r}; choose one of {', '.join(PRESETS)}")
+    over = dict(opts.model_overrides)
+    if "d_model" in over and "decoder_dim" not in over:
+        over["decoder_dim"] = over["d_model"]
+    cfg = ModelConfig.from_dict({**preset(opts.model).to_dict(), "vocab_size": vocab_size,
+                                 "src_vocab_size": vocab_size, **over})
+    rules = [(cfg.d_model % cfg.encoder_heads == 0, "d_model must be divisible by encoder_heads"),
+             (cfg.decoder_dim % cfg.decoder_heads == 0, "decoder_dim must be divisible by decoder_heads"),
+             (cfg.decoder_dim == cfg.d_model, "decoder_dim must equal d_model (the top CTC head adds the decoder's "
+                                              "language embedding to the encoder output)")]
+    for ok, why in rules:
+        if not ok:
+            raise ValueError(f"model config: {why}")
+    if not 1 <= cfg.ctc_encoder_layer <= cfg.encoder_layers or cfg.decoder_layers < 1:
+        raise ValueError(f"model config: training needs 1 <= ctc_encoder_layer ({cfg.ctc_encoder_layer}) <= "
+                         f"encoder_layers ({cfg.encoder_layers}) for the intermediate CTC loss, and a decoder layer")
+    return cfg
+
+
+def check_options(opts: TrainOptions) -> None:
+    """What can be checked before any data or weights are read; ValueError names the problem (a usage error)."""
+    if not opts.train:
+        raise ValueError("no training data: give --train-subset")
+    if opts.stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, not {opts.stage}")
+    if opts.dtype != "auto" and opts.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {opts.dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    if opts.update_freq < 1 or opts.log_interval < 1 or min(opts.max_update, opts.max_epoch) < 0:
+        raise ValueError("update_freq and log_interval must be at least 1, max_update and max_epoch at least 0")
+    torchrun_env()
+    if not opts.finetune_from:
+        model_config(opts, 100)  # the dimensions fit together (the vocabulary size does not matter here)
+    save_dir = Path(opts.save_dir)
+    last = save_dir / LAST
+    if opts.resume and not last.exists():
+        why = "no such folder" if not save_dir.exists() else f"no {LAST} in it"
+        raise ValueError(f"nothing to resume in {save_dir} ({why})")
+    if last.exists() and not opts.resume:
+        raise ValueError(f"{last} exists: pass --resume to continue that run, or choose another --save-dir")
 
 
 def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
@@ -268,38 +208,20 @@ def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
+    """A training run: set-up (distributed, resume, model, data), `update` steps, checkpoints, validation."""
+
     def __init__(self, opts: TrainOptions, on_log: Callable[[dict], None] | None = None):
+        check_options(opts)
         self.opts, self.on_log = opts, on_log
         self.dist, self.device = init_distributed(opts.device)
         self.save_dir = Path(opts.save_dir)
-        last = self.save_dir / LAST
-        if last.exists() and not opts.resume:
-            raise ValueError(f"{last} exists: pass --resume to continue that run, or choose another --save-dir")
-        resuming = opts.resume and last.exists()
-        ckpt = load_training_checkpoint(last) if resuming else None
-
+        ckpt = load_training_checkpoint(self.save_dir / LAST) if opts.resume else None
         torch.manual_seed(opts.seed)
         np.random.seed(opts.seed)
         random.seed(opts.seed)
-        tok = _resolve_tokenizer(opts, self.save_dir, resuming)
-        if ckpt is not None:
-            model = FamaModel(ModelConfig.from_dict(ckpt["model_config"]))
-            tok = tok or Tokenizer.from_folder(self.save_dir)
-        else:
-            model, tok = _initial_model(opts, tok)
-        if tok.vocab_size != model.cfg.vocab_size:
-            raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model {model.cfg.vocab_size}")
-        self.tokenizer, self.model = tok, model
+        self.model, self.tokenizer = self._build_model(ckpt)
         self.ddp = self.dist.world > 1
-        if self.ddp and self.device.type == "cuda":
-            # FBK trains with SyncBatchNorm; on CPU (gloo) each worker keeps plain BatchNorm statistics
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device).train()
-        self.net: nn.Module = self.model
-        if self.ddp:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                broadcast_buffers=False)
+        self.net = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opts.schedule.lr_at(0),
                                            betas=tuple(opts.adam_betas), eps=opts.adam_eps,
                                            weight_decay=opts.weight_decay)
@@ -307,32 +229,57 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=128.0, enabled=self.amp == torch.float16)
         self.num_updates, self.epoch, self.position = 0, 1, 0
         if ckpt is not None:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            self.num_updates, self.epoch, self.position = (ckpt["progress"][k] for k in ("updates", "epoch", "batch"))
-            _set_rng_state(ckpt["rng"])
-        self.data = SpeechDataset(opts.train, tok, opts.data, opts.stage, opts.seed)
+            self.num_updates, self.epoch, self.position = restore(ckpt, self.model, self.optimizer, self.scaler)
+        self._saved_at: tuple[int, int, int] | None = None
+        self.data = SpeechDataset(opts.train, self.tokenizer, opts.data, opts.stage, opts.seed)
         if len(self.data) == 0:
-            raise ValueError(f"no usable training utterances ({self.data.skipped} skipped)")
-        self.valid = SpeechDataset(opts.valid, tok, opts.data, opts.stage, opts.seed) if opts.valid else None
-        self.tb = None
-        if self.dist.main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            if not (self.save_dir / "tokenizer.model").exists():
-                tok.save(self.save_dir)
-            (self.save_dir / "train_options.json").write_text(json.dumps(opts.to_dict(), indent=2) + "\n")
-            if opts.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self.tb = SummaryWriter(opts.tensorboard)
-                except ImportError:
-                    self.log({"event": "warning", "message": "tensorboard is not installed; --tensorboard ignored"})
+            raise ValueError(f"no usable training utterances ({self.data.skipped_summary()})")
+        self.valid = SpeechDataset(opts.valid, self.tokenizer, opts.data, opts.stage, opts.seed) if opts.valid \
+            else None
+        self.tb = self._prepare_save_dir() if self.dist.main else None
         self.log({"event": "start", "parameters": self.model.num_parameters(), "train_utterances": len(self.data),
-                  "skipped": self.data.skipped, "world_size": self.dist.world, "device": str(self.device),
+                  "skipped": self.data.skipped, "skipped_summary": self.data.skipped_summary(),
+                  "world_size": self.dist.world, "device": str(self.device),
                   "update": self.num_updates, "epoch": self.epoch, "resumed": ckpt is not None})
         self.dist.barrier()
+
+    def _build_model(self, ckpt: dict[str, Any] | None) -> tuple[FamaModel, Tokenizer]:
+        opts = self.opts
+        tok = _resolve_tokenizer(opts, self.save_dir, ckpt is not None)
+        if ckpt is not None:
+            model = FamaModel(ModelConfig.from_dict(ckpt["model_config"]))
+            tok = tok or Tokenizer.from_folder(self.save_dir)
+        else:
+            model, tok = _initial_model(opts, tok)
+        if tok.vocab_size != model.cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {tok.vocab_size} ids but the model {model.cfg.vocab_size}")
+        return model, tok
+
+    def _wrap(self, model: FamaModel) -> nn.Module:
+        """Move the model to this worker's device; under DDP, the network that synchronises gradients."""
+        if self.ddp and self.device.type == "cuda":
+            # FBK trains with SyncBatchNorm; on CPU (gloo) each worker keeps plain BatchNorm statistics
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device).train()
+        if not self.ddp:
+            return self.model
+        return nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device] if self.device.type == "cuda" else None, broadcast_buffers=False)
+
+    def _prepare_save_dir(self) -> Any:
+        """The run's folder with its tokenizer and options; a TensorBoard writer when asked for (else None)."""
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.save_dir / "tokenizer.model").exists():
+            self.tokenizer.save(self.save_dir)
+        (self.save_dir / "train_options.json").write_text(json.dumps(self.opts.to_dict(), indent=2) + "\n")
+        if not self.opts.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log({"event": "warning", "message": "tensorboard is not installed; --tensorboard ignored"})
+            return None
+        return SummaryWriter(self.opts.tensorboard)
 
     # ------------------------------------------------------------------------------------------- logging
 
@@ -375,7 +322,7 @@ class Trainer:
             torch.manual_seed(batch_seed(opts.seed, epoch, b, "dropout"))
             batch = batch.to(self.device)
             sync = j == len(micro) - 1 or not self.ddp
-            ctx = self.net.no_sync() if not sync else _nullcontext()
+            ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 out = self._forward(batch)
                 self.scaler.scale(out["loss"] * weight).backward()
@@ -420,25 +367,14 @@ class Trainer:
                 "frames": frames, "sentences": sentences, "st_batches": st_batches, "skipped_update": bool(skipped)}
 
     def save(self, epoch_end: bool = False) -> Path | None:
-        if not self.dist.main:
+        """Write a checkpoint of the current state (once per state: a second call at the same point is a no-op)."""
+        state = (self.num_updates, self.epoch, self.position)
+        if not self.dist.main or self._saved_at == state:
             return None
-        ckpt = {
-            "fama_train": 1,
-            "model": self.model.state_dict(),
-            "model_config": self.model.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "progress": {"updates": self.num_updates, "epoch": self.epoch, "batch": self.position},
-            "rng": _rng_state(),
-            "options": json.dumps(self.opts.to_dict()),
-        }
-        path = self.save_dir / f"checkpoint_{self.num_updates}.pt"
-        _atomic_save(ckpt, path)
-        _link_or_copy(path, self.save_dir / LAST)
-        keep = self.opts.keep_interval_updates
-        if keep > 0:
-            for old in numbered_checkpoints(self.save_dir)[:-keep]:
-                old.unlink(missing_ok=True)
+        self._saved_at = state
+        progress = {"updates": self.num_updates, "epoch": self.epoch, "batch": self.position}
+        path = write_checkpoint(self.save_dir, self.model, self.optimizer, self.scaler, progress,
+                                self.opts.to_dict(), self.opts.keep_interval_updates)
         self.log({"event": "checkpoint", "path": str(path), "update": self.num_updates, "epoch_end": epoch_end})
         return path
 
@@ -447,133 +383,96 @@ class Trainer:
         return (o.max_update > 0 and self.num_updates >= o.max_update) or (o.max_epoch > 0 and self.epoch > o.max_epoch)
 
     def run(self) -> Path:
-        opts, D = self.opts, self.dist
-        per_update = D.world * opts.update_freq
-        window = {"frames": 0, "t": time.time(), "n": 0, "loss": 0.0, "sample_size": 0}
-        start_time, start_updates = time.time(), self.num_updates
+        """Train until `max_update` or `max_epoch`; returns the path of the last checkpoint."""
+        self._window = {"frames": 0, "t": time.time(), "loss": 0.0, "sample_size": 0}
+        self._start = (time.time(), self.num_updates)
         while not self.done():
-            batches = self.data.batches(self.epoch)
-            dummy = self.data.collate(batches[0][:1]) if D.world > 1 else None
-            groups = [list(range(s, min(s + per_update, len(batches)))) for s in range(self.position, len(batches),
-                                                                                        per_update)]
-            mine = [[g[j * D.world + D.rank] if j * D.world + D.rank < len(g) else None
-                     for j in range(math.ceil(len(g) / D.world))] for g in groups]
-            plan = [(self.epoch, b, batches[b]) for m in mine for b in m if b is not None]
-            stream = iterate(self.data, plan, augment=True, seed=opts.seed, num_workers=opts.data.num_workers)
-            for g, m in zip(groups, mine):
-                micro = [next(stream) if b is not None else None for b in m]
-                for item in micro:
-                    if item is not None and item[2].failed:
-                        self.log({"event": "warning", "message": "unreadable audio skipped", "ids": item[2].failed})
-                stats = self.update(micro, dummy)
-                self.position = g[-1] + 1
-                window["frames"] += stats["frames"]
-                window["n"] += 1
-                window["loss"] += stats["loss"] * stats["sample_size"]
-                window["sample_size"] += stats["sample_size"]
-                if self.num_updates % opts.log_interval == 0 or self.num_updates == opts.max_update:
-                    now = time.time()
-                    rate = (self.num_updates - start_updates) / max(now - start_time, 1e-9)
-                    left = (opts.max_update - self.num_updates) / rate if opts.max_update and rate > 0 else None
-                    self.log({"event": "train", "update": self.num_updates, "epoch": self.epoch,
-                              **{k: v for k, v in stats.items() if k not in ("frames", "sentences")},
-                              "loss": window["loss"] / max(window["sample_size"], 1),
-                              "frames_per_s": window["frames"] / max(now - window["t"], 1e-9),
-                              "eta_s": left, "max_update": opts.max_update})
-                    window = {"frames": 0, "t": now, "n": 0, "loss": 0.0, "sample_size": 0}
-                if opts.save_interval_updates > 0 and self.num_updates % opts.save_interval_updates == 0:
-                    self.save()
-                if self.valid is not None and opts.validate_interval_updates > 0 \
-                        and self.num_updates % opts.validate_interval_updates == 0:
-                    self.validate()
-                if self.done():
-                    break
-            if self.position >= len(batches):
-                self.epoch, self.position = self.epoch + 1, 0
-                self.log({"event": "epoch_end", "epoch": self.epoch - 1, "update": self.num_updates})
-                if self.valid is not None and opts.validate_interval_updates <= 0:
-                    self.validate()
+            interval_save_due = self._run_epoch()
             epoch_end = self.position == 0
-            every = opts.save_interval_epochs
-            if self.done() or (epoch_end and every > 0 and (self.epoch - 1) % every == 0):
+            every = self.opts.save_interval_epochs
+            if self.done() or (epoch_end and (interval_save_due or (every > 0 and (self.epoch - 1) % every == 0))):
                 self.save(epoch_end=epoch_end)
-        D.barrier()
+        self.dist.barrier()
         if self.tb is not None:
             self.tb.close()
         return self.save_dir / LAST
 
-    # ------------------------------------------------------------------------------------------- validation
+    def _run_epoch(self) -> bool:
+        """Updates from the current position to the end of the epoch (or until done); True when the last update
+        fell on a checkpoint interval at the epoch's end, whose checkpoint is written once, after the epoch."""
+        opts, D = self.opts, self.dist
+        per_update = D.world * opts.update_freq
+        batches = self.data.batches(self.epoch)
+        dummy = self.data.collate(batches[0][:1]) if D.world > 1 else None
+        groups = [list(range(s, min(s + per_update, len(batches)))) for s in range(self.position, len(batches),
+                                                                                    per_update)]
+        mine = [[g[j * D.world + D.rank] if j * D.world + D.rank < len(g) else None
+                 for j in range(math.ceil(len(g) / D.world))] for g in groups]
+        plan = [(self.epoch, b, batches[b]) for m in mine for b in m if b is not None]
+        stream = iterate(self.data, plan, augment=True, seed=opts.seed, num_workers=opts.data.num_workers)
+        sentences, failed, save_due = 0, [], False
+        for g, m in zip(groups, mine):
+            micro = [next(stream) if b is not None else None for b in m]
+            for item in micro:
+                if item is not None and item[2].failed:
+                    failed += item[2].failed
+                    self.log({"event": "warning", "message": "unreadable audio skipped", "ids": item[2].failed})
+            stats = self.update(micro, dummy)
+            sentences += stats["sentences"]
+            self.position = g[-1] + 1
+            self._log_progress(stats)
+            save_due = opts.save_interval_updates > 0 and self.num_updates % opts.save_interval_updates == 0
+            if save_due and self.position < len(batches):
+                self.save()
+            if self.valid is not None and opts.validate_interval_updates > 0 \
+                    and self.num_updates % opts.validate_interval_updates == 0:
+                self.validate()
+            if self.done():
+                break
+        if groups and sentences == 0:
+            raise ValueError(f"epoch {self.epoch}: no training audio could be read"
+                             + (f", e.g. {failed[0]}" if failed else ""))
+        if self.position >= len(batches):
+            self.epoch, self.position = self.epoch + 1, 0
+            self.log({"event": "epoch_end", "epoch": self.epoch - 1, "update": self.num_updates})
+            if self.valid is not None and opts.validate_interval_updates <= 0:
+                self.validate()
+        return save_due
 
-    @torch.no_grad()
+    def _log_progress(self, stats: dict[str, float]) -> None:
+        opts, w = self.opts, self._window
+        w["frames"] += stats["frames"]
+        w["loss"] += stats["loss"] * stats["sample_size"]
+        w["sample_size"] += stats["sample_size"]
+        if self.num_updates % opts.log_interval and self.num_updates != opts.max_update:
+            return
+        now = time.time()
+        rate = (self.num_updates - self._start[1]) / max(now - self._start[0], 1e-9)
+        left = (opts.max_update - self.num_updates) / rate if opts.max_update and rate > 0 else None
+        self.log({"event": "train", "update": self.num_updates, "epoch": self.epoch,
+                  **{k: v for k, v in stats.items() if k not in ("frames", "sentences")},
+                  "loss": w["loss"] / max(w["sample_size"], 1),
+                  "frames_per_s": w["frames"] / max(now - w["t"], 1e-9), "eta_s": left,
+                  "max_update": opts.max_update})
+        self._window = {"frames": 0, "t": now, "loss": 0.0, "sample_size": 0}
+
     def validate(self) -> dict[str, float] | None:
-        """Dev loss (both tasks in stage 2, as FBK) and greedy WER (ASR rows) / BLEU (ST rows); rank 0 only."""
+        """Dev loss (both tasks in stage 2, as FBK) and greedy WER (ASR) / BLEU (ST) scored as `fama eval`
+        scores; rank 0 only (the other workers wait)."""
         if not self.dist.main or self.valid is None:
             self.dist.barrier()
             return None
-        model, data = self.model, self.valid
-        model.eval()
         tasks = ["asr", "st"] if self.opts.stage == 2 else ["asr"]
-        sums, sample_size = {t: 0.0 for t in tasks}, dict.fromkeys(tasks, 0)
-        batches = data.batches(0)
-        for items in batches:
-            for t in tasks:
-                b = data.collate(items, t).to(self.device)
-                if len(b) == 0:
-                    continue
-                out = self._forward(b, self.model)
-                sums[t] += float(out["loss"])
-                sample_size[t] += b.sample_size
+        self.model.eval()
         record: dict[str, Any] = {"event": "valid", "update": self.num_updates}
-        for t in tasks:
-            record[f"loss_{t}" if len(tasks) > 1 else "loss"] = sums[t] / max(sample_size[t], 1) / math.log(2)
-        record.update(self._decode_scores(batches, tasks))
-        model.train()
+        record.update(dev_loss(self.valid, tasks, lambda b: self._forward(b, self.model), self.device))
+        rows = dev_rows(self.opts.valid, self.opts.valid_max_utterances)
+        warn = lambda message: self.log({"event": "warning", "message": message})  # noqa: E731
+        record.update(dev_scores(self.model, self.tokenizer, rows, tasks, warn))
+        self.model.train()
         self.log(record)
         self.dist.barrier()
         return record
-
-    def _decode_scores(self, batches: list[np.ndarray], tasks: list[str]) -> dict[str, float]:
-        from fama_core.decoding import DecodeOptions, decode
-        from fama_core.scoring import bleu, wer
-
-        data, tok, limit = self.valid, self.tokenizer, self.opts.valid_max_utterances
-        hyps: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-        n = 0
-        for items in batches:
-            for t in tasks:
-                b = data.collate(items, t)
-                if len(b) == 0:
-                    continue
-                lang_ids = [tok.lang_tag_id(lang) for lang in b.langs]
-                out = decode(self.model, b.features.to(self.device), b.lengths.to(self.device), lang_ids,
-                             DecodeOptions(beam_size=1, ctc_weight=0.0))
-                for k, (nbest, lang) in enumerate(zip(out, b.langs)):
-                    row = data.row(int(items[k]))
-                    src_lang = row.src_lang or lang
-                    kind = "asr" if lang == src_lang else "st"
-                    key = (kind, lang if kind == "asr" else f"{src_lang}-{lang}")
-                    ref = row.tgt_text if lang == (row.tgt_lang or src_lang) else (row.src_text or row.tgt_text)
-                    h, r = hyps.setdefault(key, ([], []))
-                    h.append(tok.decode(nbest[0].tokens) if nbest else "")
-                    r.append(ref)
-            n += len(items)
-            if limit and n >= limit:
-                break
-        scores = {}
-        for (kind, lang), (h, r) in sorted(hyps.items()):
-            if kind == "asr":
-                scores[f"wer_{lang}"] = wer(h, r, lang=lang).wer
-            else:
-                scores[f"bleu_{lang}"] = bleu(h, r).bleu
-        return scores
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(options: TrainOptions, on_log: Callable[[dict], None] | None = None) -> Path:
