@@ -280,7 +280,8 @@ class BeamSearch:
         only_eos[self.eos] = 0
         ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos)
         for step in range(L + 1):
-            self._step(st, ctx, step)
+            logits = self.model.decoder.step(st.tokens[:, step], ctx.cache)
+            self._step(st, ctx, step, logits)
             if (step + 1) % self.sync_every == 0 and bool(st.done.all()):
                 break
         return self._collect(st), st.failed.tolist()
@@ -300,10 +301,11 @@ class BeamSearch:
             fin_count=torch.zeros(B, dtype=torch.long, device=device),
         )
 
-    def _step(self, st: _State, ctx: _Context, step: int) -> None:
-        """One decoding step for every row; reads no value back from the device."""
+    def _step(self, st: _State, ctx: _Context, step: int, logits: Tensor) -> None:
+        """The search's part of a step, for every row, given the decoder's `logits`; reads no value back from
+        the device."""
         k, V = self.opt.beam_size, self.vocab
-        lprobs = F.log_softmax(self.model.decoder.step(st.tokens[:, step], ctx.cache).float(), -1)
+        lprobs = F.log_softmax(logits.float(), -1)
         B = lprobs.shape[0] // k
         scored = psi = None
         if step == 0:

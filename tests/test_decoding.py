@@ -187,3 +187,86 @@ def test_forced_alignment_on_a_constructed_posterior():
     # a target longer than the frames cannot be aligned: spans are spread evenly, still ordered
     short = forced_align(torch.log_softmax(lp, -1)[:1], torch.tensor([2]), [[3, 3, 1]], blank)[0]
     assert [a for a, _ in short] == sorted(a for a, _ in short)
+
+
+def peaked_model(seed: int, vocab: int) -> FamaModel:
+    """A random model with sharper decoder and CTC posteriors (closer to a trained one than tiny_model's)."""
+    model = tiny_model(seed, vocab)
+    with torch.no_grad():
+        model.decoder.output_projection.weight.mul_(4.0)
+        model.auxiliary_decoder.fc.weight.mul_(8.0)
+    return model
+
+
+def exact_results(hyps):
+    return [[(h.tokens, h.score, h.token_scores) for h in n] for n in hyps]
+
+
+@pytest.mark.parametrize("seed,vocab", [(0, 12), (1, 40), (2, 300)])
+def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, vocab):
+    """Scoring CTC prefixes only for the best-bounded candidates (1 and 4 per row force the widening reruns)
+    gives bit for bit the result of scoring the whole vocabulary, for several beam sizes and CTC weights."""
+    model = peaked_model(seed, vocab)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([90, 60, 37])
+    feats = torch.randn(3, 90, 80, generator=g)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    langs = torch.tensor([4, 4, 5])
+    reruns = 0
+    for beam in (1, 3, 5):
+        for weight in (0.2, 0.5):
+            opts = DecodeOptions(beam_size=beam, ctc_weight=weight, max_len_b=12, nbest=beam,
+                                 no_repeat_ngram_size=3 if seed % 2 else 0)
+            full = BeamSearch(model, opts, ctc_candidates=vocab).search(enc, langs, lengths)
+            assert all(n for n in full)
+            for cands in (1, 4):
+                search = BeamSearch(model, opts, ctc_candidates=cands)
+                assert exact_results(search.search(enc, langs, lengths)) == exact_results(full), (beam, weight, cands)
+                reruns += search.searches - 1
+    assert reruns > 0  # the proof failed somewhere and the wider search took over
+
+
+def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No .item()/.tolist()/bool(tensor)/nonzero in the search's part of a step (it could then run in a CUDA
+    graph); the decoder's own step is model.py's."""
+    model = peaked_model(1, 40)
+    feats = torch.randn(2, 70, 80, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([70, 41])
+    opts = DecodeOptions(beam_size=3, ctc_weight=0.3, max_len_b=10, no_repeat_ngram_size=2)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    expected = exact_results(BeamSearch(model, opts).search(enc, torch.tensor([4, 5]), lengths))
+    search = BeamSearch(model, opts)
+    step = search._step
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("device-to-host read inside a decoding step")
+
+    def guarded_step(*args, **kwargs):
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__"):
+                m.setattr(torch.Tensor, name, forbidden)
+            step(*args, **kwargs)
+
+    search._step = guarded_step
+    assert exact_results(search.search(enc, torch.tensor([4, 5]), lengths)) == expected
+
+
+def test_finished_utterances_stay_masked_in_the_batch():
+    """Checking for completion only every 64 steps (finished rows keep running, masked) changes nothing, and
+    utterances that finish at very different steps give their single-utterance result."""
+    model = peaked_model(2, 300)
+    feats = torch.randn(3, 120, 80, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([120, 50, 20])
+    opts = DecodeOptions(beam_size=4, ctc_weight=0.2, max_len_a=0.1, max_len_b=3, nbest=4)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    langs = torch.tensor([4, 4, 4])
+    every = BeamSearch(model, opts, sync_every=1).search(enc, langs, lengths)
+    rarely = BeamSearch(model, opts, sync_every=64).search(enc, langs, lengths)
+    assert exact_results(rarely) == exact_results(every)
+    for i in range(3):
+        alone = decode(model, feats[i:i + 1, : int(lengths[i])], lengths[i:i + 1], 4, opts)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in every[i]]
+        assert np.allclose([h.score for h in alone], [h.score for h in every[i]], atol=1e-5)
