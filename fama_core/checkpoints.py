@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
+from .precision import apply_precision
 from .tokenizer import Tokenizer
 
 FORMAT_NAME = "fama"
@@ -429,8 +430,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
                local_files_only: bool | None = None, spm: str | Path | None = None) -> tuple[FamaModel, Tokenizer]:
     """The one way to get a model: a fama folder, a fairseq `.pt`, an alias (`fama-small`) or a hub repo id.
 
-    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32),
-    and its tokenizer.
+    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32;
+    "auto", "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer.
     """
     path = Path(name_or_path)
     if path.is_dir():
@@ -442,11 +443,6 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     else:
         raise CheckpointError(f"{name_or_path}: no such file or folder, and not a model alias or hub repo id "
                               f"(aliases: {', '.join(HF_ALIASES)})")
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
-        dtype = DTYPES[dtype]
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    return model, tok
+    return apply_precision(model, dtype or "float32", device), tok

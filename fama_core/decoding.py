@@ -234,17 +234,20 @@ class BeamSearch:
     Joint CTC scoring is pruned exactly: every token gets an upper bound of its joint score (`bound`), the
     `ctc_candidates` best bounds of each row are scored exactly, and the step's candidates are provably those
     of full-vocabulary scoring when no unscored bound reaches the 2k-th best exact score. An utterance for
-    which that proof fails at some step is searched again with four times the candidates (the vocabulary at
-    most, where nothing is left unscored).
+    which that proof fails at some step gets four times the candidates (the vocabulary at most, where nothing
+    is left unscored): at once on the CPU, where reading the proof back costs nothing; elsewhere, to keep the
+    step free of host reads, by searching the batch again after the pass.
     """
 
-    def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 64, sync_every: int = 1):
+    def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 64, sync_every: int = 1,
+                 widen_in_step: bool | None = None):
         self.model, self.opt = model, options
         cfg = model.cfg
         self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, 3, cfg.blank, cfg.vocab_size
         self.max_positions = options.max_target_positions or cfg.max_target_positions
         self.ctc_candidates = ctc_candidates
         self.sync_every = sync_every  # steps between checks that every utterance is done
+        self.widen_in_step = widen_in_step  # None: on the CPU only (it reads the proof back every step)
         self.searches = 0  # passes run (diagnostics: > 1 when the pruning proof failed somewhere)
 
     def search(self, enc: EncoderOutput, langs: Tensor, source_lengths: Tensor | None = None) -> list[list[Hypothesis]]:
@@ -278,7 +281,8 @@ class BeamSearch:
         st = self._initial_state(B, L, device)
         only_eos = torch.full((self.vocab,), -math.inf, device=device)
         only_eos[self.eos] = 0
-        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos)
+        widen = device.type == "cpu" if self.widen_in_step is None else self.widen_in_step
+        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, widen)
         for step in range(L + 1):
             logits = self.model.decoder.step(st.tokens[:, step], ctx.cache)
             self._step(st, ctx, step, logits)
@@ -307,23 +311,25 @@ class BeamSearch:
         k, V = self.opt.beam_size, self.vocab
         lprobs = F.log_softmax(logits.float(), -1)
         B = lprobs.shape[0] // k
-        scored = psi = None
+        psi = None
         if step == 0:
             lang_rows = ctx.langs.repeat_interleave(k)
             forced = lprobs.gather(1, lang_rows[:, None])
             lprobs = torch.full_like(lprobs, -math.inf).scatter_(1, lang_rows[:, None], forced)
             lprobs.view(B, k, V)[:, 1:] = -math.inf  # fairseq expands only the first beam at step 0
+            cand_scores, cand_flat, _ = self._top(lprobs, st, step, None)
         elif ctx.scorer is not None:
-            lprobs, psi, scored = self._joint(lprobs, st, ctx, step)
+            cands = ctx.cands
+            while True:
+                joint, psi, scored = self._joint(lprobs, st, ctx, step, cands)
+                cand_scores, cand_flat, failed = self._top(joint, st, step, scored)
+                # On the CPU a host read costs nothing: widen at once rather than search again.
+                if not ctx.widen_in_step or cands >= V or not bool(failed.any()):
+                    break
+                cands = min(4 * cands, V)
+            st.failed |= failed
         else:
-            lprobs = self._rules(lprobs, st, ctx, step)
-        total = lprobs.view(B, k, V) + (st.cum[:, step - 1].view(B, k, 1) if step > 0 else 0.0)
-        total = total.view(B, k * V)
-        exact = total if scored is None else total.masked_fill(~scored.view(B, k * V), -math.inf)
-        cand_scores, cand_flat = torch.topk(exact, k=min(2 * k, k * V - 1), dim=1)
-        if scored is not None:
-            unscored = total.masked_fill(scored.view(B, k * V), -math.inf).amax(1)
-            st.failed |= (unscored >= cand_scores[:, -1]) & (unscored > -math.inf) & ~st.done
+            cand_scores, cand_flat, _ = self._top(self._rules(lprobs, st, ctx, step), st, step, None)
         cand_beams = torch.div(cand_flat, V, rounding_mode="floor")
         cand_tokens = cand_flat % V
         cand_rows = cand_beams + torch.arange(B, device=lprobs.device)[:, None] * k
@@ -349,7 +355,23 @@ class BeamSearch:
         st.cum[:, step] = sel_scores
         ctx.cache.reorder(sel_rows)
 
-    def _joint(self, lprobs: Tensor, st: _State, ctx: _Context, step: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _top(self, lprobs: Tensor, st: _State, step: int, scored: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The 2k best (score, beam * V + token) of each utterance, and whether an unscored token's bound
+        reaches the 2k-th (the candidates are then not proven exact)."""
+        k, V = self.opt.beam_size, self.vocab
+        B = lprobs.shape[0] // k
+        total = lprobs.view(B, k, V) + (st.cum[:, step - 1].view(B, k, 1) if step > 0 else 0.0)
+        total = total.view(B, k * V)
+        exact = total if scored is None else total.masked_fill(~scored.view(B, k * V), -math.inf)
+        cand_scores, cand_flat = torch.topk(exact, k=min(2 * k, k * V - 1), dim=1)
+        if scored is None:
+            return cand_scores, cand_flat, torch.zeros_like(st.done)
+        unscored = total.masked_fill(scored.view(B, k * V), -math.inf).amax(1)
+        failed = (unscored >= cand_scores[:, -1]) & (unscored > -math.inf) & ~st.done
+        return cand_scores, cand_flat, failed
+
+    def _joint(self, lprobs: Tensor, st: _State, ctx: _Context, step: int,
+               cands: int) -> tuple[Tensor, Tensor, Tensor]:
         """Joint scores att + w (psi(g+c) - psi(g)) with the rules applied: exact for the `scored` tokens, an
         upper bound elsewhere; and psi (float64) with the same convention."""
         scorer, prefix_len, w = ctx.scorer, step - 1, self.opt.ctc_weight
@@ -359,7 +381,7 @@ class BeamSearch:
             st.psi_prev64 = torch.zeros(lprobs.shape[0], dtype=torch.float64, device=lprobs.device)
         psi = scorer.bound(st.r_n, st.r_b, prefix_len, st.psi_prev64)
         bound = self._rules(lprobs + w * (psi.float() - st.psi_prev), st, ctx, step)
-        cands = torch.topk(bound, k=ctx.cands, dim=1).indices
+        cands = torch.topk(bound, k=cands, dim=1).indices
         last = st.tokens[:, step] if prefix_len > 0 else None
         psi.scatter_(1, cands, scorer.scores(st.r_n, st.r_b, last, prefix_len, cands))
         scored = torch.zeros_like(lprobs, dtype=torch.bool).scatter_(1, cands, True)
@@ -441,6 +463,7 @@ class _Context:
     cache: DecoderCache
     cands: int
     only_eos: Tensor  # [V]: 0 for </s>, -inf elsewhere
+    widen_in_step: bool
 
 
 # ------------------------------------------------------------------------------------------- alignment

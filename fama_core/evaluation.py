@@ -32,6 +32,7 @@ from .decoding import DecodeOptions
 from .features import SAMPLE_RATE
 from .manifest import ManifestRow, read_manifest
 from .pipeline import TranscribeOptions, _batches, decode_chunks, make_segments
+from .precision import precision_of
 from .scoring import Report, score, score_files
 
 _FILE_CACHE = 2  # whole decoded media files kept for their `path:offset:length` rows
@@ -250,7 +251,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
     for u in report.utterances:
         it, s = by_id[u["id"]]
         u.update(audio=it.row.audio, seconds=round(s, 3))
-    info = {**dataclasses.asdict(o), "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch."),
+    info = {**dataclasses.asdict(o), "device": str(model.device), "dtype": precision_of(model),
             "fama_version": _version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",
                       options=info, audio_seconds=sum(seconds), decode_seconds=wall, skipped=skipped)

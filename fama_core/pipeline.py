@@ -30,6 +30,7 @@ from .decoding import DecodeOptions, decode_encoded, forced_align
 from .features import SAMPLE_RATE, compute_features
 from .inputs import InputFile
 from .model import FamaModel
+from .precision import precision_of
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
 from .vad import VadOptions, iter_speech_chunks
@@ -456,7 +457,8 @@ class Pipeline:
         else:
             source = language
         options = {"task": o.task, "language": o.language, **dataclasses.asdict(o.decode),
-                   "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size}
+                   "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size,
+                   "precision": precision_of(self.model)}
         if f.detect_scores:
             options["language_scores"] = {k: round(v, 4) for k, v in f.detect_scores.items()}
         transcript = Transcript(segments, language or "", o.task, source, seconds, f.item.name, self.model_name,

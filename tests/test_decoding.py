@@ -204,8 +204,9 @@ def exact_results(hyps):
 
 @pytest.mark.parametrize("seed,vocab", [(0, 12), (1, 40), (2, 300)])
 def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, vocab):
-    """Scoring CTC prefixes only for the best-bounded candidates (1 and 4 per row force the widening reruns)
-    gives bit for bit the result of scoring the whole vocabulary, for several beam sizes and CTC weights."""
+    """Scoring CTC prefixes only for the best-bounded candidates (1 and 4 per row force the widening, within
+    the step as on the CPU, or by searching again as on a GPU) gives bit for bit the result of scoring the
+    whole vocabulary, for several beam sizes and CTC weights."""
     model = peaked_model(seed, vocab)
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([90, 60, 37])
@@ -221,9 +222,12 @@ def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, voc
             full = BeamSearch(model, opts, ctc_candidates=vocab).search(enc, langs, lengths)
             assert all(n for n in full)
             for cands in (1, 4):
-                search = BeamSearch(model, opts, ctc_candidates=cands)
-                assert exact_results(search.search(enc, langs, lengths)) == exact_results(full), (beam, weight, cands)
-                reruns += search.searches - 1
+                for widen in (True, False):
+                    search = BeamSearch(model, opts, ctc_candidates=cands, widen_in_step=widen)
+                    got = search.search(enc, langs, lengths)
+                    assert exact_results(got) == exact_results(full), (beam, weight, cands, widen)
+                    assert search.searches == 1 or not widen
+                    reruns += search.searches - 1
     assert reruns > 0  # the proof failed somewhere and the wider search took over
 
 
@@ -237,7 +241,7 @@ def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
     with torch.no_grad():
         enc = model.encode(feats, lengths)
     expected = exact_results(BeamSearch(model, opts).search(enc, torch.tensor([4, 5]), lengths))
-    search = BeamSearch(model, opts)
+    search = BeamSearch(model, opts, ctc_candidates=2, widen_in_step=False)
     step = search._step
 
     def forbidden(*args, **kwargs):
