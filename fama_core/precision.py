@@ -28,6 +28,7 @@ FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
 PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more exact one to be chosen
 CACHE_VERSION = 1
+FLOAT_LAYERS = ("output_projection", "auxiliary_decoder.fc", "ctc_fc")  # vocabulary projections
 
 
 def normalize(precision: str | torch.dtype | None) -> str:
@@ -53,9 +54,12 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     quantize_dynamic's fbgemm kernels run 3-5x faster than float32 on AVX2. This function is the one place
     that knows which library does it.
     """
+    # Per-channel weight scales; the vocabulary projections stay float32 (they decide between close tokens).
+    spec = {name: torch.ao.quantization.per_channel_dynamic_qconfig for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not any(part in name for part in FLOAT_LAYERS)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
 def apply_precision(model: FamaModel, precision: str | torch.dtype | None, device: str | torch.device) -> FamaModel:
