@@ -8,8 +8,13 @@ achieved FLOP/s against the measured matmul peak, medians of --runs runs. Before
 the load average is below --idle-load (--no-wait skips that: functional checks only) and it discards a run
 during which the machine's load rose above that.
 
-NOT DONE YET: the faster-whisper / CTranslate2 peer run (random-weight whisper-small built locally) and the
-final `fama-small/faster-whisper-small CPU speed: N.Nx` line.
+The peer in the same run: faster-whisper / CTranslate2 at its CPU default (int8), beam 5, on the same audio cut
+into 30 s windows, a random-weight whisper-small (-medium with --size medium) built locally with transformers
+and converted by CTranslate2's own Whisper loader (no download), forced to the same tokens per second. Last
+line: `fama-small/faster-whisper-small CPU speed: N.Nx` (the peer's RTF over fama's auto RTF).
+
+Benchmark-only dependencies (never project requirements):
+    pip install faster-whisper==1.2.1 ctranslate2==4.8.5 transformers && pip install --no-deps openai-whisper
 
     python benchmarks/speed_bench.py                      # FAMA-small, >= 120 s of speech, 3 runs, waits for idle
     python benchmarks/speed_bench.py --no-wait --seconds 20 --runs 1 --precisions float32,int8   # smoke run
@@ -114,6 +119,98 @@ def _timed(fn, x) -> float:
     return time.perf_counter() - t0
 
 
+# ------------------------------------------------------------------------------------------------ the peer
+
+WHISPER_SIZES = {  # d_model, layers (encoder = decoder), heads, FFN
+    "small": (768, 12, 12, 3072),
+    "medium": (1024, 24, 16, 4096),
+}
+WHISPER_VOCAB = 51865
+EOT, SOT, EN, TRANSCRIBE, NOTIMESTAMPS = 50257, 50258, 50259, 50359, 50363
+
+
+class _Vocabulary:
+    """The token list CTranslate2's converter reads: multilingual.tiktoken's 50,257 byte pieces (as their base64
+    text: the strings are never decoded here) and Whisper's special tokens at their ids."""
+
+    def __init__(self):
+        import importlib.util
+
+        spec = importlib.util.find_spec("whisper")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("pip install --no-deps openai-whisper (for its multilingual.tiktoken file)")
+        lines = (Path(spec.origin).parent / "assets" / "multilingual.tiktoken").read_text().split()
+        vocab = {tok: int(rank) for tok, rank in zip(lines[::2], lines[1::2])}
+        specials = ["<|endoftext|>", "<|startoftranscript|>"] + ["<|en|>"] + [f"<|lang{i}|>" for i in range(98)]
+        specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                     "<|notimestamps|>"]
+        vocab.update({tok: EOT + i for i, tok in enumerate(specials)})
+        self.vocab = vocab
+        self.additional_special_tokens = specials[2:]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.vocab[token]
+
+
+def build_whisper(size: str, folder: Path, seed: int) -> None:
+    """A random-weight Whisper of the given size, converted to CTranslate2 int8 in `folder` (no download)."""
+    import transformers
+    from ctranslate2.converters.transformers import WhisperLoader
+
+    d, layers, heads, ffn = WHISPER_SIZES[size]
+    cfg = transformers.WhisperConfig(vocab_size=WHISPER_VOCAB, num_mel_bins=80, d_model=d, encoder_layers=layers,
+                                     decoder_layers=layers, encoder_attention_heads=heads,
+                                     decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn)
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    spec = WhisperLoader()(model, _Vocabulary())
+    spec.validate()
+    spec.optimize(quantization="int8")
+    spec.save(str(folder))
+
+
+def peer_run(ct2_model, windows: list[tuple[np.ndarray, int]]) -> dict:
+    """faster-whisper's model call on 30 s windows, each forced to its number of new tokens."""
+    import ctranslate2
+
+    enc_s = gen_s = 0.0
+    prompt = [SOT, EN, TRANSCRIBE, NOTIMESTAMPS]
+    for mels, new_tokens in windows:
+        t0 = time.perf_counter()
+        feats = ctranslate2.StorageView.from_array(mels)
+        enc = ct2_model.encode(feats, to_cpu=False)
+        t1 = time.perf_counter()
+        # CTranslate2's Whisper generates min(max_length / 2, max_length - prompt) new tokens at most.
+        out = ct2_model.generate(enc, [prompt] * len(mels), beam_size=5, max_length=2 * new_tokens,
+                                 suppress_tokens=[-1, EOT], suppress_blank=False)
+        t2 = time.perf_counter()
+        got = [len(r.sequences_ids[0]) for r in out]
+        if any(g != new_tokens for g in got):
+            raise RuntimeError(f"faster-whisper produced {got} tokens instead of {new_tokens}")
+        enc_s, gen_s = enc_s + t1 - t0, gen_s + t2 - t1
+    return {"encoder": enc_s, "search": gen_s, "total": enc_s + gen_s}
+
+
+def whisper_windows(chunks: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+    """The speech cut into 30 s windows (log-mel by faster-whisper's own extractor), full windows in one batch
+    and the last partial one alone, each with 3.3 tokens per second of its audio."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    audio = np.concatenate(chunks)
+    n = 30 * SAMPLE_RATE
+    extractor = FeatureExtractor(feature_size=80)
+    pieces = [audio[i:i + n] for i in range(0, len(audio), n)]
+    mels = [extractor(np.pad(p, (0, n - len(p))), padding=0)[:, :3000].astype(np.float32) for p in pieces]
+    full = [m for m, p in zip(mels, pieces) if len(p) == n]
+    windows = [(np.stack(full), round(TOKENS_PER_SECOND * 30))] if full else []
+    if len(pieces[-1]) < n:
+        windows.append((mels[-1][None], max(1, round(TOKENS_PER_SECOND * len(pieces[-1]) / SAMPLE_RATE))))
+    return windows
+
+
 def wait_for_idle(limit: float, no_wait: bool) -> None:
     while not no_wait and os.getloadavg()[0] > limit:
         time.sleep(5)
@@ -171,6 +268,39 @@ def main() -> None:
         del model
     best = min(results, key=lambda k: results[k]["total"])
     print(f"fastest: {best}, RTF {results[best]['total'] / audio_s:.3f}")
+    fama_rtf = results["auto" if "auto" in results else best]["total"] / audio_s
+    try:
+        peer_rtf = measure_peer(args, chunks, audio_s)
+    except Exception as e:  # a missing benchmark-only package: say so on the last line
+        print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: n/a ({type(e).__name__}: {e})")
+        return
+    print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: {peer_rtf / fama_rtf:.1f}x")
+
+
+def measure_peer(args, chunks: list[np.ndarray], audio_s: float) -> float:
+    import tempfile
+
+    import ctranslate2
+
+    windows = whisper_windows(chunks)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_whisper(args.size, Path(tmp), args.seed)
+        model = ctranslate2.models.Whisper(tmp, device="cpu", compute_type="int8", intra_threads=args.threads)
+    peer_run(model, windows[-1:])  # warm-up
+    runs = []
+    while len(runs) < args.runs:
+        wait_for_idle(args.idle_load, args.no_wait)
+        r = peer_run(model, windows)
+        if not args.no_wait and os.getloadavg()[0] > args.idle_load + 1.0:
+            print(f"  faster-whisper: run discarded (load {os.getloadavg()[0]:.1f})")
+            continue
+        runs.append(r)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(f"faster-whisper {ctranslate2.__version__ and __import__('faster_whisper').__version__} / CTranslate2 "
+          f"{ctranslate2.__version__}, random whisper-{args.size}, int8, {len(windows)} batches of 30 s windows: "
+          f"encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = {med['total']:.2f} s, "
+          f"RTF {med['total'] / audio_s:.3f}")
+    return med["total"] / audio_s
 
 
 if __name__ == "__main__":
