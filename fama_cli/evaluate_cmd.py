@@ -136,7 +136,6 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
-
     from fama_core.precision import PRECISIONS
 
     dtype = dtype or "auto"
