@@ -53,7 +53,8 @@ def eval_cmd(
     batch_size: Annotated[int | None, _opt("Most utterances decoded at once (default: 16)")] = None,
     device: Annotated[str | None, _opt("cpu, cuda (every GPU), cuda:1 or a list such as cuda:0,cuda:2 "
                                        "(default: every GPU, else the CPU)")] = None,
-    dtype: Annotated[str | None, _opt("float32, float16 or bfloat16 (default: float32)")] = None,
+    dtype: Annotated[str | None, _opt("auto (the fastest on this machine; the default), float32 (exact), "
+                                      "bfloat16, float16 or int8")] = None,
     report: Annotated[Path | None, _opt("Write the JSON report here (per-utterance scores worst first, options, "
                                         "model, RTF)", "--report", "-o")] = None,
     max_wer: Annotated[float | None, _opt("Exit 1 when the overall WER (%) is above this", "--max-wer")] = None,
@@ -164,9 +165,11 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
     from fama_core.pipeline import resolve_devices
+    from fama_core.precision import PRECISIONS
 
-    if dtype is not None and dtype not in DTYPES:
-        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+    dtype = dtype or "auto"
+    if dtype not in PRECISIONS and dtype not in DTYPES:
+        raise fail(f"unknown dtype {dtype!r}; choose {', '.join(PRECISIONS)}", 2)
     if (beam_size is not None and beam_size < 1) or (batch_size is not None and batch_size < 1):
         raise fail("--beam-size and --batch-size must be at least 1", 2)
     if ctc_weight is not None and not 0.0 <= ctc_weight <= 1.0:

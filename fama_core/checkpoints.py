@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
+from .precision import apply_precision
 from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
 FORMAT_NAME = "fama"
@@ -764,11 +765,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     """The one way to get a model: a model folder, a `.pt` (FBK fairseq or fama training checkpoint), an alias
     (`fama-small`; `fama-demo` ships with fama) or a hub repo id.
 
-    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32),
-    and its tokenizer. Weights are read one tensor at a time, straight into their device and dtype.
+    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32;
+    "auto", "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer. Weights are read one tensor
+    at a time, straight into their device and (floating-point) dtype.
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    dt = torch_dtype(dtype)
+    dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading
     name = str(name_or_path)
     path = BUNDLED.get(name, Path(name_or_path))
     if path.is_dir():
@@ -780,4 +782,4 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     else:
         raise CheckpointError(f"{name}: no such file or folder, and not a model alias or hub repo id "
                               f"(aliases: {', '.join(known_aliases())})")
-    return model.eval(), tok
+    return apply_precision(model, dtype or dt or "float32", dev), tok

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import EncoderOutput, FamaModel
+from .model import DecoderCache, EncoderOutput, FamaModel
 
 CTC_MINUS_INF = -1e20  # FBK's scorer uses this finite value; it decides when </s> is forced
 
@@ -100,97 +100,94 @@ def ctc_greedy(logits: Tensor, lengths: Tensor, blank: int) -> list[list[int]]:
 
 
 class CtcPrefixScorer:
-    """CTC prefix probabilities psi(g + c) for all c, for a batch of beams (Watanabe et al., Algorithm 2).
+    """CTC prefix probabilities psi(g + c) for a batch of beams (Watanabe et al., Algorithm 2).
 
-    Rows are hypotheses; `utt` maps each row to its utterance. State per row: log forward variables
+    Rows are hypotheses, `rows_per_utt` consecutive rows per utterance. State per row: log forward variables
     r_n (prefix ends with a non-blank at t) and r_b (ends with blank), over the utterance's frames.
+    psi(g + c) = log sum_t exp(phi(t-1) + x(c, t)) is computed exactly, in float64 log space, for the
+    candidates asked only; `bound` gives every token an upper bound without a pass over the frames.
     """
 
-    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int):
-        """log_probs [B, T, V] float32 CTC log-posteriors; it is modified in place (padded frames become -inf)."""
+    def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int, rows_per_utt: int = 1):
+        """log_probs [B, T, V] CTC log-posteriors; it is modified in place (padded frames become -inf)."""
         self.blank, self.eos = blank, eos
-        T = log_probs.shape[1]
-        pad = (torch.arange(T, device=log_probs.device)[None, :] >= lengths[:, None])[:, :, None]
-        self.x = log_probs.float().masked_fill_(pad, -math.inf)  # B x T x V
-        self.x_max = self.x.amax(1, keepdim=True)  # B x 1 x V (frame 0 is always real)
-        self.x_exp = torch.exp(self.x - self.x_max)  # column-shifted posteriors; 0 on padded frames
-        self.lengths = lengths
-        self.frames = torch.arange(T, device=log_probs.device)
-        self.exact_fallbacks = 0  # entries recomputed in float64 (diagnostics)
+        B, T, _ = log_probs.shape
+        device = log_probs.device
+        self.frames = torch.arange(T, device=device)[None, :]
+        x = log_probs.masked_fill_(self.frames[:, :, None] >= lengths[:, None, None], -math.inf)
+        self.x_max = x.amax(1)  # B x V: frame 0 is always real
+        self.xt = x.float().transpose(1, 2).contiguous()  # B x V x T: each token's frames are contiguous
+        self.utt_of_row = torch.arange(B, device=device).repeat_interleave(rows_per_utt)
+        self.lengths = lengths.repeat_interleave(rows_per_utt)
+        self.end = (self.lengths - 1).clamp_min(0)[:, None]
+        # Slack of the bound psi(g+c) <= psi(g): frame posteriors sum to 1 only within float32 rounding.
+        self.prefix_slack = 1e-5 * self.lengths.double() + 1e-6
 
-    def select(self, utt_index: Tensor) -> None:
-        """Keep utterances `utt_index` (finished ones leave the batch)."""
-        self.x, self.x_max, self.x_exp = self.x[utt_index], self.x_max[utt_index], self.x_exp[utt_index]
-        self.lengths = self.lengths[utt_index]
-
-    def initial_state(self, rows_per_utt: int) -> tuple[Tensor, Tensor]:
-        r_b = torch.cumsum(self.x[:, :, self.blank].double(), 1).repeat_interleave(rows_per_utt, 0)  # N x T
+    def initial_state(self) -> tuple[Tensor, Tensor]:
+        r_b = torch.cumsum(self.xt[self.utt_of_row, self.blank].double(), 1)  # N x T
         return torch.full_like(r_b, -math.inf), r_b
 
-    def scores(self, r_n: Tensor, r_b: Tensor, last: Tensor | None, prefix_len: int, rows_per_utt: int) -> Tensor:
-        """psi(g + c) [N, V] (float64, CTC_MINUS_INF where impossible) for prefixes g of length `prefix_len`."""
-        N, T = r_n.shape
-        lengths = self.lengths.repeat_interleave(rows_per_utt)
-        start = max(1, prefix_len)
+    def _in_range(self, prefix_len: int) -> Tensor:
+        return (self.frames >= max(1, prefix_len)) & (self.frames < self.lengths[:, None])
+
+    @staticmethod
+    def _shifted(v: Tensor, in_range: Tensor) -> Tensor:
+        """v(t-1) at frame t, -inf outside `in_range`."""
+        out = torch.full_like(v, -math.inf)
+        out[:, 1:] = v[:, :-1]
+        return out.masked_fill_(~in_range, -math.inf)
+
+    def scores(self, r_n: Tensor, r_b: Tensor, last: Tensor | None, prefix_len: int,
+               cands: Tensor | None = None) -> Tensor:
+        """psi(g + c) (float64, >= CTC_MINUS_INF) for prefixes g of length `prefix_len`, for candidate tokens
+        `cands` [N, K] of each row (default: the whole vocabulary, [N, V]). `last` [N]: g's last token."""
+        in_range = self._in_range(prefix_len)
         r_sum = torch.logaddexp(r_n, r_b)
-        t = self.frames[None, :]
-        in_range = (t >= start) & (t < lengths[:, None])
-        phi = torch.full_like(r_sum, -math.inf)
-        phi[:, 1:] = r_sum[:, :-1]  # phi[t] holds the value used at frame t (phi(t-1) in the paper)
-        phi = phi.masked_fill(~in_range, -math.inf)
-        phi_max = phi.amax(1, keepdim=True).clamp_min(-1e300)
-        a = torch.exp(phi - phi_max).float().view(-1, rows_per_utt, T)
-        with torch.autocast(self.x.device.type, enabled=False):
-            total = torch.bmm(a, self.x_exp).view(N, -1)
-        utt_rows = torch.arange(self.x.shape[0], device=self.x.device).repeat_interleave(rows_per_utt)
-        psi = torch.log(total.double()) + phi_max + self.x_max[utt_rows, 0].double()
-        # A float32 sum below 2^-80 of its shifts may have lost terms to underflow: redo those exactly.
-        tiny = total < 2.0**-80
-        if bool(tiny.any()):
-            psi[tiny] = self._exact(phi, utt_rows, tiny)
-        if prefix_len == 0:
-            psi = torch.logaddexp(psi, self.x[utt_rows, 0, :].double())  # a first token may start at frame 0
+        phi = self._shifted(r_sum, in_range)
+        if cands is None:
+            cands = torch.arange(self.xt.shape[1], device=r_n.device).expand(r_n.shape[0], -1)
+        x_c = self.xt[self.utt_of_row[:, None], cands].double()  # N x K x T
+        phi_c = phi[:, None, :]
         if last is not None:  # repeating the last token needs a blank in between: phi = r_b only
-            phi_last = torch.full_like(r_b, -math.inf)
-            phi_last[:, 1:] = r_b[:, :-1]
-            phi_last = phi_last.masked_fill(~in_range, -math.inf)
-            x_last = self.x[utt_rows, :, last].double()  # N x T
-            psi.scatter_(1, last.view(N, 1), torch.logsumexp(phi_last + x_last, 1, keepdim=True))
-        end_index = (lengths - 1).clamp_min(0).view(N, 1)
-        psi[:, self.eos] = r_sum.gather(1, end_index).squeeze(1)
-        psi[:, self.blank] = CTC_MINUS_INF
+            phi_last = self._shifted(r_b, in_range)
+            phi_c = torch.where((cands == last[:, None])[:, :, None], phi_last[:, None, :], phi_c)
+        psi = torch.logsumexp(phi_c + x_c, -1)
+        if prefix_len == 0:
+            psi = torch.logaddexp(psi, x_c[:, :, 0])  # a first token may start at frame 0
+        psi = torch.where(cands == self.eos, r_sum.gather(1, self.end), psi)
+        psi = psi.masked_fill(cands == self.blank, CTC_MINUS_INF)
         return psi.clamp_min(CTC_MINUS_INF)
 
-    def _exact(self, phi: Tensor, utt_rows: Tensor, which: Tensor) -> Tensor:
-        """log sum_t exp(phi[n, t] + x[n, t, c]) in float64 log space for the (n, c) entries in `which`."""
-        n_idx, c_idx = which.nonzero(as_tuple=True)
-        self.exact_fallbacks += n_idx.numel()
-        out = []
-        for i in range(0, n_idx.numel(), 8192):
-            n, c = n_idx[i:i + 8192], c_idx[i:i + 8192]
-            x_nc = self.x[utt_rows[n][:, None], self.frames[None, :], c[:, None]].double()  # M x T
-            out.append(torch.logsumexp(phi[n] + x_nc, 1))
-        return torch.cat(out)
+    def bound(self, r_n: Tensor, r_b: Tensor, prefix_len: int, psi_prev: Tensor) -> Tensor:
+        """[N, V] float64, >= `scores` of every token: min(log sum_t exp(phi) + max_t x(c, t), psi(g)), with
+        psi(g) = `psi_prev` [N]; exact for </s> and blank."""
+        in_range = self._in_range(prefix_len)
+        r_sum = torch.logaddexp(r_n, r_b)
+        spread = torch.logsumexp(self._shifted(r_sum, in_range), 1)
+        if prefix_len == 0:
+            spread = torch.logaddexp(spread, torch.zeros_like(spread))
+        ub = (spread[:, None] + self.x_max[self.utt_of_row].double()).clamp_min(CTC_MINUS_INF)
+        ub = ub + 1e-9 * (1.0 + ub.abs())
+        ub = torch.minimum(ub, (psi_prev + self.prefix_slack)[:, None])
+        ub[:, self.eos] = r_sum.gather(1, self.end).squeeze(1)
+        ub[:, self.blank] = CTC_MINUS_INF
+        return ub.clamp_min(CTC_MINUS_INF)
 
-    def advance(self, r_n: Tensor, r_b: Tensor, tokens: Tensor, repeat: Tensor, prefix_len: int,
-                rows_per_utt: int) -> tuple[Tensor, Tensor]:
+    def advance(self, r_n: Tensor, r_b: Tensor, tokens: Tensor, repeat: Tensor,
+                prefix_len: int) -> tuple[Tensor, Tensor]:
         """Forward variables of g + c for the chosen (row, token c); `repeat` marks c == last token of g."""
-        N, T = r_n.shape
-        lengths = self.lengths.repeat_interleave(rows_per_utt)
+        N = r_n.shape[0]
         start = max(1, prefix_len)
-        utt_rows = torch.arange(self.x.shape[0], device=self.x.device).repeat_interleave(rows_per_utt)
-        x_c = self.x[utt_rows, :, tokens].double()  # N x T
-        x_b = self.x[utt_rows, :, self.blank].double()
+        t = self.frames
+        x_c = self.xt[self.utt_of_row, tokens].double()  # N x T
+        x_b = self.xt[self.utt_of_row, self.blank].double()
         r_sum = torch.logaddexp(r_n, r_b)
         phi_src = torch.where(repeat[:, None], r_b, r_sum)
-        t = self.frames[None, :]
-        active = (t >= start) & (t < lengths[:, None])
+        active = self._in_range(prefix_len)
         phi = torch.full_like(r_sum, -math.inf)
         phi[:, 1:] = phi_src[:, :-1]
         # r_n(t) = logaddexp(r_n(t-1), phi(t-1)) + x_c(t) for t >= start, seeded at start-1.
-        seed = torch.full((N,), -math.inf, dtype=r_n.dtype, device=r_n.device)
-        if prefix_len == 0:
-            seed = x_c[:, 0]
+        seed = x_c[:, 0] if prefix_len == 0 else torch.full((N,), -math.inf, dtype=r_n.dtype, device=r_n.device)
         xc_act = x_c.masked_fill(~active, 0.0)
         cum_c = torch.cumsum(xc_act, 1)  # sum of x_c over [start, t]
         terms = (phi + x_c - cum_c).masked_fill(~active, -math.inf)
@@ -210,132 +207,237 @@ class CtcPrefixScorer:
 # ------------------------------------------------------------------------------------------- beam search
 
 
-class BeamSearch:
-    """fairseq's beam search over a batch; finished utterances leave the batch."""
+@dataclass
+class _State:
+    """Everything a search step reads and writes, in fixed-size tensors on the model's device."""
 
-    def __init__(self, model: FamaModel, options: DecodeOptions):
+    tokens: Tensor  # N x (L+2): </s>, language tag, tokens; column `step` is the last token at step `step`
+    cum: Tensor  # N x (L+1) cumulative scores
+    done: Tensor  # B: utterance complete; its rows keep running, masked
+    failed: Tensor  # B: CTC pruning could not prove a step's candidates exact (the utterance is redone)
+    fin_tokens: Tensor  # B x (k+1) x (L+2); slot k takes the writes that are masked out
+    fin_cum: Tensor  # B x (k+1) x (L+1)
+    fin_eos: Tensor  # B x (k+1): score of the </s> candidate
+    fin_norm: Tensor  # B x (k+1): length-normalised score
+    fin_step: Tensor  # B x (k+1)
+    fin_count: Tensor  # B
+    r_n: Tensor | None = None  # CTC forward variables of each row's prefix
+    r_b: Tensor | None = None
+    psi_prev: Tensor | None = None  # N x 1 float32: psi of each row's prefix
+    psi_prev64: Tensor | None = None  # N float64, for the pruning bound
+
+
+class BeamSearch:
+    """fairseq's beam search over a batch: fixed-size state, finished utterances masked rather than removed,
+    no device-to-host synchronisation inside a step.
+
+    Joint CTC scoring is pruned exactly: every token gets an upper bound of its joint score (`bound`), the
+    `ctc_candidates` best bounds of each row are scored exactly, and the step's candidates are provably those
+    of full-vocabulary scoring when no unscored bound reaches the 2k-th best exact score. An utterance for
+    which that proof fails at some step gets four times the candidates (the vocabulary at most, where nothing
+    is left unscored): at once on the CPU, where reading the proof back costs nothing; elsewhere, to keep the
+    step free of host reads, by searching the batch again after the pass.
+    """
+
+    def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 64, sync_every: int = 1,
+                 widen_in_step: bool | None = None):
         self.model, self.opt = model, options
         cfg = model.cfg
         self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, 3, cfg.blank, cfg.vocab_size
         self.max_positions = options.max_target_positions or cfg.max_target_positions
+        self.ctc_candidates = ctc_candidates
+        self.sync_every = sync_every  # steps between checks that every utterance is done
+        self.widen_in_step = widen_in_step  # None: on the CPU only (it reads the proof back every step)
+        self.searches = 0  # passes run (diagnostics: > 1 when the pruning proof failed somewhere)
 
     def search(self, enc: EncoderOutput, langs: Tensor, source_lengths: Tensor | None = None) -> list[list[Hypothesis]]:
-        opt, k, V = self.opt, self.opt.beam_size, self.vocab
-        B, device = enc.out.shape[0], enc.out.device
         src = source_lengths if source_lengths is not None else enc.lengths * 4
+        cands = self.ctc_candidates
+        out, failed = self._search(enc, langs, src, cands)
+        while any(failed) and cands < self.vocab:
+            # The same batch again (a sub-batch could round the decoder's products differently).
+            cands *= 4
+            again, still = self._search(enc, langs, src, cands)
+            out = [a if bad else o for o, a, bad in zip(out, again, failed)]
+            failed = [bad and s for bad, s in zip(failed, still)]
+        return out
+
+    def _search(self, enc: EncoderOutput, langs: Tensor, src: Tensor,
+                cands: int) -> tuple[list[list[Hypothesis]], list[bool]]:
+        self.searches += 1
+        opt, k = self.opt, self.opt.beam_size
+        B, device = enc.out.shape[0], enc.out.device
         max_len = torch.clamp((opt.max_len_a * src.float()).long() + opt.max_len_b, max=self.max_positions - 1)
+        max_len = max_len.to(device)
+        L = int(max_len.max())
         if opt.min_len > int(max_len.min()):
             raise ValueError("min_len cannot be larger than max_len")
         scorer = None
         if opt.ctc_weight > 0:
             ctc_lp = F.log_softmax(self.model.ctc_logits(enc, langs).float(), -1)
-            scorer = CtcPrefixScorer(ctc_lp, enc.lengths, self.blank, self.eos)
-
+            scorer = CtcPrefixScorer(ctc_lp, enc.lengths, self.blank, self.eos, k)
+            del ctc_lp
         cache = self.model.decoder.init_cache(enc).with_beams(k)
-        utt = torch.arange(B, device=device)  # original index of each active utterance
-        max_len = max_len.to(device)
-        tokens = torch.full((B * k, 1), self.eos, dtype=torch.long, device=device)
-        cum = torch.zeros(B * k, 0, device=device)  # cumulative scores per position
-        r_n = r_b = psi_prev = None
-        finalized: list[list[Hypothesis]] = [[] for _ in range(B)]
-        neg_inf = torch.tensor(-math.inf, device=device)
-
-        for step in range(int(max_len.max()) + 1):
-            n_act = utt.numel()
-            lprobs = F.log_softmax(self.model.decoder.step(tokens[:, -1], cache).float(), -1)
-            if step == 0:
-                lang_rows = langs[utt].repeat_interleave(k)
-                forced = lprobs.gather(1, lang_rows[:, None])
-                lprobs = torch.full_like(lprobs, -math.inf).scatter_(1, lang_rows[:, None], forced)
-                lprobs.view(n_act, k, V)[:, 1:] = -math.inf  # fairseq expands only the first beam at step 0
-            else:
-                if scorer is not None:
-                    prefix_len = step - 1
-                    if r_n is None:
-                        r_n, r_b = scorer.initial_state(k)
-                        psi_prev = torch.zeros(n_act * k, 1, device=device)
-                    last = tokens[:, -1] if prefix_len > 0 else None
-                    psi = scorer.scores(r_n, r_b, last, prefix_len, k).float()
-                    lprobs = lprobs + opt.ctc_weight * (psi - psi_prev)
-                lprobs = torch.where(torch.isnan(lprobs), neg_inf, lprobs)
-                lprobs[:, self.pad] = -math.inf
-                lprobs[:, self.unk] -= opt.unk_penalty
-                at_max = (max_len[utt] <= step).repeat_interleave(k)
-                if bool(at_max.any()):
-                    only_eos = torch.full_like(lprobs[0], -math.inf)
-                    only_eos[self.eos] = 0
-                    lprobs[at_max] = lprobs[at_max] + only_eos
-                if step < opt.min_len:
-                    lprobs[:, self.eos] = -math.inf
-                if opt.no_repeat_ngram_size > 0:
-                    lprobs = self.block_repeated_ngrams(tokens, lprobs)
-
-            total = lprobs.view(n_act, k, V) + (cum[:, -1].view(n_act, k, 1) if step > 0 else 0.0)
-            cand_scores, cand_flat = torch.topk(total.view(n_act, k * V), k=min(2 * k, k * V - 1), dim=1)
-            cand_beams = torch.div(cand_flat, V, rounding_mode="floor")
-            cand_tokens = cand_flat % V
-            cand_rows = cand_beams + torch.arange(n_act, device=device)[:, None] * k
-
-            eos_mask = cand_tokens.eq(self.eos) & cand_scores.ne(-math.inf)
-            finished = torch.zeros(n_act, dtype=torch.bool, device=device)
-            eos_first = eos_mask[:, :k]
-            if bool(eos_first.any()):
-                finished = self.finalize(step, eos_first, cand_rows[:, :k], cand_scores[:, :k], tokens, cum,
-                                         utt, max_len, finalized)
-            if bool(finished.all()):
+        st = self._initial_state(B, L, device)
+        only_eos = torch.full((self.vocab,), -math.inf, device=device)
+        only_eos[self.eos] = 0
+        widen = device.type == "cpu" if self.widen_in_step is None else self.widen_in_step
+        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, widen)
+        for step in range(L + 1):
+            logits = self.model.decoder.step(st.tokens[:, step], ctx.cache)
+            self._step(st, ctx, step, logits)
+            if (step + 1) % self.sync_every == 0 and bool(st.done.all()):
                 break
-            # Survivors: the first k candidates that are not </s>, in rank order.
-            order = eos_mask.long() * (2 * k) + torch.arange(cand_scores.shape[1], device=device)[None, :]
-            active = torch.topk(order, k=k, dim=1, largest=False).indices
-            keep = (~finished).nonzero().squeeze(1)
-            active = active[keep]
-            sel_rows = cand_rows[keep].gather(1, active).view(-1)
-            sel_tokens = cand_tokens[keep].gather(1, active).view(-1)
-            sel_scores = cand_scores[keep].gather(1, active).view(-1)
+        return self._collect(st), st.failed.tolist()
 
-            if scorer is not None and step > 0:
-                if bool(finished.any()):
-                    scorer.select(keep)
-                prefix_len = step - 1
-                repeat = (tokens[sel_rows, -1] == sel_tokens) if prefix_len > 0 else torch.zeros_like(sel_tokens,
-                                                                                                        dtype=torch.bool)
-                psi_prev = psi[sel_rows, sel_tokens].view(-1, 1)
-                r_n, r_b = scorer.advance(r_n[sel_rows], r_b[sel_rows], sel_tokens, repeat, prefix_len, k)
-            elif scorer is not None and bool(finished.any()):
-                scorer.select(keep)
-            tokens = torch.cat([tokens[sel_rows], sel_tokens[:, None]], 1)
-            cum = torch.cat([cum[sel_rows], sel_scores[:, None]], 1)
-            cache.reorder(sel_rows)
-            if bool(finished.any()):
-                cache.keep_utterances(keep)
-            utt = utt[keep]
-
-        for hyps in finalized:
-            hyps.sort(key=lambda h: -h.score)
-        return [hyps[: max(1, self.opt.nbest)] for hyps in finalized]
-
-    def finalize(self, step: int, eos_first: Tensor, rows: Tensor, scores: Tensor, tokens: Tensor, cum: Tensor,
-                 utt: Tensor, max_len: Tensor, finalized: list[list[Hypothesis]]) -> Tensor:
-        """Store hypotheses ending with </s>; returns which active utterances are now complete."""
+    def _initial_state(self, B: int, L: int, device: torch.device) -> _State:
         k = self.opt.beam_size
-        sent_idx, cand_idx = eos_first.nonzero(as_tuple=True)
-        sel_rows = rows[sent_idx, cand_idx]
-        eos_scores = scores[sent_idx, cand_idx]
-        pos = torch.cat([cum[sel_rows], eos_scores[:, None]], 1)
-        pos[:, 1:] = pos[:, 1:] - pos[:, :-1].clone()
-        norm = eos_scores / (step + 1) ** self.opt.len_penalty
-        toks = tokens[sel_rows, 2:].tolist()
-        utt_list, sent_list = utt.tolist(), sent_idx.tolist()
-        for i, s in enumerate(sent_list):
-            bucket = finalized[utt_list[s]]
-            if len(bucket) < k:
-                bucket.append(Hypothesis(toks[i], float(norm[i]), pos[i].tolist()))
-        done = torch.zeros(utt.numel(), dtype=torch.bool, device=utt.device)
-        for s in set(sent_list):
-            if len(finalized[utt_list[s]]) == k or step == int(max_len[utt_list[s]]):
-                done[s] = True
-        at_max = max_len[utt] <= step
-        return done | at_max
+        return _State(
+            tokens=torch.full((B * k, L + 2), self.eos, dtype=torch.long, device=device),
+            cum=torch.zeros(B * k, L + 1, device=device),
+            done=torch.zeros(B, dtype=torch.bool, device=device),
+            failed=torch.zeros(B, dtype=torch.bool, device=device),
+            fin_tokens=torch.zeros(B, k + 1, L + 2, dtype=torch.long, device=device),
+            fin_cum=torch.zeros(B, k + 1, L + 1, device=device),
+            fin_eos=torch.zeros(B, k + 1, device=device),
+            fin_norm=torch.zeros(B, k + 1, device=device),
+            fin_step=torch.zeros(B, k + 1, dtype=torch.long, device=device),
+            fin_count=torch.zeros(B, dtype=torch.long, device=device),
+        )
+
+    def _step(self, st: _State, ctx: _Context, step: int, logits: Tensor) -> None:
+        """The search's part of a step, for every row, given the decoder's `logits`; reads no value back from
+        the device."""
+        k, V = self.opt.beam_size, self.vocab
+        lprobs = F.log_softmax(logits.float(), -1)
+        B = lprobs.shape[0] // k
+        psi = None
+        if step == 0:
+            lang_rows = ctx.langs.repeat_interleave(k)
+            forced = lprobs.gather(1, lang_rows[:, None])
+            lprobs = torch.full_like(lprobs, -math.inf).scatter_(1, lang_rows[:, None], forced)
+            lprobs.view(B, k, V)[:, 1:] = -math.inf  # fairseq expands only the first beam at step 0
+            cand_scores, cand_flat, _ = self._top(lprobs, st, step, None)
+        elif ctx.scorer is not None:
+            cands = ctx.cands
+            while True:
+                joint, psi, scored = self._joint(lprobs, st, ctx, step, cands)
+                cand_scores, cand_flat, failed = self._top(joint, st, step, scored)
+                # On the CPU a host read costs nothing: widen at once rather than search again.
+                if not ctx.widen_in_step or cands >= V or not bool(failed.any()):
+                    break
+                cands = min(4 * cands, V)
+            st.failed |= failed
+        else:
+            cand_scores, cand_flat, _ = self._top(self._rules(lprobs, st, ctx, step), st, step, None)
+        cand_beams = torch.div(cand_flat, V, rounding_mode="floor")
+        cand_tokens = cand_flat % V
+        cand_rows = cand_beams + torch.arange(B, device=lprobs.device)[:, None] * k
+        eos_mask = cand_tokens.eq(self.eos) & cand_scores.ne(-math.inf)
+        self._finalize(st, ctx, step, eos_mask[:, :k], cand_rows[:, :k], cand_scores[:, :k])
+        # Survivors: the first k candidates that are not </s>, in rank order.
+        order = eos_mask.long() * (2 * k) + torch.arange(cand_scores.shape[1], device=lprobs.device)[None, :]
+        active = torch.topk(order, k=k, dim=1, largest=False).indices
+        sel_rows = cand_rows.gather(1, active).view(-1)
+        sel_tokens = cand_tokens.gather(1, active).view(-1)
+        sel_scores = cand_scores.gather(1, active).view(-1)
+        if psi is not None:
+            prefix_len = step - 1
+            repeat = st.tokens[sel_rows, step] == sel_tokens if prefix_len > 0 else torch.zeros_like(
+                sel_tokens, dtype=torch.bool)
+            st.psi_prev64 = psi[sel_rows, sel_tokens]
+            st.psi_prev = st.psi_prev64.float()[:, None]
+            st.r_n, st.r_b = ctx.scorer.advance(st.r_n[sel_rows], st.r_b[sel_rows], sel_tokens, repeat, prefix_len)
+        st.tokens[:, : step + 1] = st.tokens[sel_rows, : step + 1]
+        st.tokens[:, step + 1] = sel_tokens
+        if step > 0:
+            st.cum[:, :step] = st.cum[sel_rows, :step]
+        st.cum[:, step] = sel_scores
+        ctx.cache.reorder(sel_rows)
+
+    def _top(self, lprobs: Tensor, st: _State, step: int, scored: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The 2k best (score, beam * V + token) of each utterance, and whether an unscored token's bound
+        reaches the 2k-th (the candidates are then not proven exact)."""
+        k, V = self.opt.beam_size, self.vocab
+        B = lprobs.shape[0] // k
+        total = lprobs.view(B, k, V) + (st.cum[:, step - 1].view(B, k, 1) if step > 0 else 0.0)
+        total = total.view(B, k * V)
+        exact = total if scored is None else total.masked_fill(~scored.view(B, k * V), -math.inf)
+        cand_scores, cand_flat = torch.topk(exact, k=min(2 * k, k * V - 1), dim=1)
+        if scored is None:
+            return cand_scores, cand_flat, torch.zeros_like(st.done)
+        unscored = total.masked_fill(scored.view(B, k * V), -math.inf).amax(1)
+        failed = (unscored >= cand_scores[:, -1]) & (unscored > -math.inf) & ~st.done
+        return cand_scores, cand_flat, failed
+
+    def _joint(self, lprobs: Tensor, st: _State, ctx: _Context, step: int,
+               cands: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Joint scores att + w (psi(g+c) - psi(g)) with the rules applied: exact for the `scored` tokens, an
+        upper bound elsewhere; and psi (float64) with the same convention."""
+        scorer, prefix_len, w = ctx.scorer, step - 1, self.opt.ctc_weight
+        if st.r_n is None:
+            st.r_n, st.r_b = scorer.initial_state()
+            st.psi_prev = torch.zeros(lprobs.shape[0], 1, device=lprobs.device)
+            st.psi_prev64 = torch.zeros(lprobs.shape[0], dtype=torch.float64, device=lprobs.device)
+        psi = scorer.bound(st.r_n, st.r_b, prefix_len, st.psi_prev64)
+        bound = self._rules(lprobs + w * (psi.float() - st.psi_prev), st, ctx, step)
+        cands = torch.topk(bound, k=cands, dim=1).indices
+        last = st.tokens[:, step] if prefix_len > 0 else None
+        psi.scatter_(1, cands, scorer.scores(st.r_n, st.r_b, last, prefix_len, cands))
+        scored = torch.zeros_like(lprobs, dtype=torch.bool).scatter_(1, cands, True)
+        scored[:, [self.eos, self.blank]] = True
+        joint = self._rules(lprobs + w * (psi.float() - st.psi_prev), st, ctx, step)
+        return joint, psi, scored
+
+    def _rules(self, lprobs: Tensor, st: _State, ctx: _Context, step: int) -> Tensor:
+        """fairseq's constraints: no NaN, pad and (penalised) unk, </s> only at the length limit and not
+        before min_len, no repeated n-gram."""
+        opt, k = self.opt, self.opt.beam_size
+        lprobs = torch.where(torch.isnan(lprobs), -math.inf, lprobs)
+        lprobs[:, self.pad] = -math.inf
+        lprobs[:, self.unk] -= opt.unk_penalty
+        at_max = (ctx.max_len <= step).repeat_interleave(k)
+        lprobs = torch.where(at_max[:, None], lprobs + ctx.only_eos, lprobs)
+        if step < opt.min_len:
+            lprobs[:, self.eos] = -math.inf
+        if opt.no_repeat_ngram_size > 0:
+            lprobs = self.block_repeated_ngrams(st.tokens[:, : step + 1], lprobs)
+        return lprobs
+
+    def _finalize(self, st: _State, ctx: _Context, step: int, eos_first: Tensor, rows: Tensor,
+                  scores: Tensor) -> None:
+        """Store the hypotheses that end with </s> among the first k candidates (at most k per utterance, in
+        rank order), and mark the utterances now complete."""
+        k = self.opt.beam_size
+        B = eos_first.shape[0]
+        take = eos_first & ~st.done[:, None]
+        slot = st.fin_count[:, None] + torch.cumsum(take.long(), 1) - 1
+        take &= slot < k
+        slot = torch.where(take, slot, k)
+        utt = torch.arange(B, device=slot.device)[:, None].expand(B, k)
+        st.fin_tokens[utt, slot] = st.tokens[rows]
+        st.fin_cum[utt, slot] = st.cum[rows]
+        st.fin_eos[utt, slot] = scores
+        st.fin_norm[utt, slot] = scores / (step + 1) ** self.opt.len_penalty
+        st.fin_step[utt, slot] = step
+        st.fin_count += take.sum(1)
+        st.done |= (st.fin_count >= k) | (ctx.max_len <= step)
+
+    def _collect(self, st: _State) -> list[list[Hypothesis]]:
+        """The finalized hypotheses, best first (ties in the order they were found)."""
+        B, slots, width = st.fin_cum.shape
+        pos = torch.cat([st.fin_cum, torch.zeros_like(st.fin_cum[:, :, :1])], 2)
+        pos.scatter_(2, st.fin_step[:, :, None], st.fin_eos[:, :, None])
+        pos[:, :, 1:] = pos[:, :, 1:] - pos[:, :, :-1].clone()
+        counts, steps = st.fin_count.tolist(), st.fin_step.tolist()
+        tokens, pos_l, norm = st.fin_tokens.tolist(), pos.tolist(), st.fin_norm.tolist()
+        out = []
+        for b in range(B):
+            hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1])
+                    for j in range(min(counts[b], slots - 1))]
+            hyps.sort(key=lambda h: -h.score)
+            out.append(hyps[: max(1, self.opt.nbest)])
+        return out
 
     def block_repeated_ngrams(self, tokens: Tensor, lprobs: Tensor) -> Tensor:
         """fairseq's no_repeat_ngram: ban c if (last n-1 tokens, c) already occurs in the hypothesis."""
@@ -346,11 +448,22 @@ class BeamSearch:
         context = tokens[:, L - n + 1:]
         windows = tokens.unfold(1, n, 1)  # N x (L-n+1) x n: every complete n-gram so far
         match = (windows[:, :, :-1] == context[:, None, :]).all(-1)
-        if not bool(match.any()):
-            return lprobs
-        r, w = match.nonzero(as_tuple=True)
-        lprobs[r, windows[r, w, -1]] = -math.inf
-        return lprobs
+        banned = torch.zeros(lprobs.shape, dtype=torch.uint8, device=lprobs.device)
+        banned.scatter_reduce_(1, windows[:, :, -1], match.to(torch.uint8), "amax")
+        return lprobs.masked_fill(banned.bool(), -math.inf)
+
+
+@dataclass
+class _Context:
+    """What a search's steps share and never change."""
+
+    langs: Tensor
+    max_len: Tensor
+    scorer: CtcPrefixScorer | None
+    cache: DecoderCache
+    cands: int
+    only_eos: Tensor  # [V]: 0 for </s>, -inf elsewhere
+    widen_in_step: bool
 
 
 # ------------------------------------------------------------------------------------------- alignment

@@ -32,6 +32,7 @@ from .decoding import DecodeOptions
 from .inputs import InputFile
 from .manifest import ManifestRow, read_manifest
 from .pipeline import Pipeline, RunProgress, TranscribeOptions, resolve_devices
+from .precision import precision_of
 from .scoring import Report, score, score_files
 
 _FILE_CACHE = 2  # whole decoded media files kept for their `path:offset:length` rows
@@ -279,7 +280,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
         u.update(audio=items[n].row.audio, seconds=round(decoded.seconds[n], 3))
     failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
     info = {**dataclasses.asdict(o), "device": ",".join(devices) if devices else str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."), "fama_version": _version()}
+            "dtype": precision_of(model), "fama_version": _version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",
                       options=info, audio_seconds=sum(decoded.seconds[n] for n in ok), decode_seconds=decoded.wall,
                       skipped=skipped, failed=failed)

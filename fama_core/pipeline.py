@@ -31,6 +31,7 @@ from .decoding import DecodeOptions, decode_encoded, forced_align
 from .features import SAMPLE_RATE, compute_features
 from .inputs import InputFile
 from .model import FamaModel
+from .precision import precision_of
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
 from .vad import SpeechChunk, VadOptions, iter_speech_chunks
@@ -159,15 +160,23 @@ def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.T
     return torch.stack(scores, dim=1).cpu()
 
 
-def _batches(order: list[int], lengths: list[int], batch_size: int, batch_samples: int) -> Iterator[list[int]]:
-    """Consecutive groups of `order` (sorted by length) within `batch_size` items and `batch_samples` padded."""
+MAX_PADDING = 1.3  # padded / real audio in a batch: a short chunk starts a new batch rather than be padded more
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, batch_samples: int,
+             max_padding: float = MAX_PADDING) -> Iterator[list[int]]:
+    """Consecutive groups of `order` (sorted by length) within `batch_size` items, `batch_samples` padded, and
+    padded samples at most `max_padding` times the real ones."""
     batch: list[int] = []
+    real = 0
     for i in order:
         longest = max([lengths[j] for j in batch] + [lengths[i]])
-        if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > batch_samples):
+        padded = longest * (len(batch) + 1)
+        if batch and (len(batch) >= batch_size or padded > batch_samples or padded > max_padding * (real + lengths[i])):
             yield batch
-            batch = []
+            batch, real = [], 0
         batch.append(i)
+        real += lengths[i]
     if batch:
         yield batch
 
@@ -595,7 +604,8 @@ class Pipeline:
         else:
             source = language
         options = {"task": o.task, "language": o.language, **dataclasses.asdict(o.decode),
-                   "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size}
+                   "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size,
+                   "precision": precision_of(self.model)}
         if f.detect_scores:
             options["language_scores"] = {k: round(v, 4) for k, v in f.detect_scores.items()}
         transcript = Transcript(segments, language or "", o.task, source, seconds, f.item.name, self.model_name,

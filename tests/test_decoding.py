@@ -116,18 +116,24 @@ def test_no_repeat_ngram_blocks_only_repeated_ngrams():
 
 @pytest.mark.parametrize("sharpness", [1.0, 60.0])
 def test_ctc_prefix_scores_match_brute_force_enumeration(sharpness):
-    """psi(g+c) equals the total probability of all CTC paths whose labels start with g+c; `sharpness` 60 makes
-    posteriors so peaked that the float32 product underflows and the exact float64 fallback must take over."""
+    """psi(g+c) equals the total probability of all CTC paths whose labels start with g+c, also for posteriors so
+    peaked (`sharpness` 60) that a product of probabilities would underflow; the bound is never below it."""
     torch.manual_seed(3)
     T, V, blank, eos = 6, 5, 4, 2
     lp = torch.log_softmax(sharpness * torch.randn(1, T, V, dtype=torch.float64), -1)  # rows sum to 1
     scorer = CtcPrefixScorer(lp, torch.tensor([T]), blank, eos)
-    r_n, r_b = scorer.initial_state(1)
+    r_n, r_b = scorer.initial_state()
     prefix = [1, 3, 3]
+    psi_prev = torch.zeros(1, dtype=torch.float64)
     for p, c in enumerate(prefix):
         last = torch.tensor([prefix[p - 1]]) if p else None
-        psi = scorer.scores(r_n, r_b, last, p, 1)
-        r_n, r_b = scorer.advance(r_n, r_b, torch.tensor([c]), torch.tensor([p > 0 and prefix[p - 1] == c]), p, 1)
+        psi = scorer.scores(r_n, r_b, last, p)
+        assert (scorer.bound(r_n, r_b, p, psi_prev) >= psi).all()
+        # scoring a subset of candidates gives the same values as the whole vocabulary
+        subset = torch.tensor([[c, eos, blank]])
+        assert torch.equal(scorer.scores(r_n, r_b, last, p, subset), psi.gather(1, subset))
+        psi_prev = psi[:, c]
+        r_n, r_b = scorer.advance(r_n, r_b, torch.tensor([c]), torch.tensor([p > 0 and prefix[p - 1] == c]), p)
 
     def collapse(path):
         out, prev = [], None
@@ -156,8 +162,6 @@ def test_ctc_prefix_scores_match_brute_force_enumeration(sharpness):
         expected = math.log(prefix_prob[c]) if prefix_prob.get(c, 0.0) > 0 else CTC_MINUS_INF
         assert abs(float(psi[0, c]) - max(expected, CTC_MINUS_INF)) <= 1e-5 * max(1.0, abs(expected))
     assert abs(float(psi[0, eos]) - math.log(full_prob)) <= 1e-5 * abs(math.log(full_prob))
-    if sharpness > 1:
-        assert scorer.exact_fallbacks > 0
     assert float(psi[0, blank]) == CTC_MINUS_INF
 
 
@@ -183,3 +187,90 @@ def test_forced_alignment_on_a_constructed_posterior():
     # a target longer than the frames cannot be aligned: spans are spread evenly, still ordered
     short = forced_align(torch.log_softmax(lp, -1)[:1], torch.tensor([2]), [[3, 3, 1]], blank)[0]
     assert [a for a, _ in short] == sorted(a for a, _ in short)
+
+
+def peaked_model(seed: int, vocab: int) -> FamaModel:
+    """A random model with sharper decoder and CTC posteriors (closer to a trained one than tiny_model's)."""
+    model = tiny_model(seed, vocab)
+    with torch.no_grad():
+        model.decoder.output_projection.weight.mul_(4.0)
+        model.auxiliary_decoder.fc.weight.mul_(8.0)
+    return model
+
+
+def exact_results(hyps):
+    return [[(h.tokens, h.score, h.token_scores) for h in n] for n in hyps]
+
+
+@pytest.mark.parametrize("seed,vocab", [(0, 12), (1, 40), (2, 300)])
+def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, vocab):
+    """Scoring CTC prefixes only for the best-bounded candidates (1 and 4 per row force the widening, within
+    the step as on the CPU, or by searching again as on a GPU) gives bit for bit the result of scoring the
+    whole vocabulary, for several beam sizes and CTC weights."""
+    model = peaked_model(seed, vocab)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([90, 60, 37])
+    feats = torch.randn(3, 90, 80, generator=g)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    langs = torch.tensor([4, 4, 5])
+    reruns = 0
+    for beam in (1, 3, 5):
+        for weight in (0.2, 0.5):
+            opts = DecodeOptions(beam_size=beam, ctc_weight=weight, max_len_b=12, nbest=beam,
+                                 no_repeat_ngram_size=3 if seed % 2 else 0)
+            full = BeamSearch(model, opts, ctc_candidates=vocab).search(enc, langs, lengths)
+            assert all(n for n in full)
+            for cands in (1, 4):
+                for widen in (True, False):
+                    search = BeamSearch(model, opts, ctc_candidates=cands, widen_in_step=widen)
+                    got = search.search(enc, langs, lengths)
+                    assert exact_results(got) == exact_results(full), (beam, weight, cands, widen)
+                    assert search.searches == 1 or not widen
+                    reruns += search.searches - 1
+    assert reruns > 0  # the proof failed somewhere and the wider search took over
+
+
+def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
+    """No .item()/.tolist()/bool(tensor)/nonzero in the search's part of a step (it could then run in a CUDA
+    graph); the decoder's own step is model.py's."""
+    model = peaked_model(1, 40)
+    feats = torch.randn(2, 70, 80, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([70, 41])
+    opts = DecodeOptions(beam_size=3, ctc_weight=0.3, max_len_b=10, no_repeat_ngram_size=2)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    expected = exact_results(BeamSearch(model, opts).search(enc, torch.tensor([4, 5]), lengths))
+    search = BeamSearch(model, opts, ctc_candidates=2, widen_in_step=False)
+    step = search._step
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("device-to-host read inside a decoding step")
+
+    def guarded_step(*args, **kwargs):
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__"):
+                m.setattr(torch.Tensor, name, forbidden)
+            step(*args, **kwargs)
+
+    search._step = guarded_step
+    assert exact_results(search.search(enc, torch.tensor([4, 5]), lengths)) == expected
+
+
+def test_finished_utterances_stay_masked_in_the_batch():
+    """Checking for completion only every 64 steps (finished rows keep running, masked) changes nothing, and
+    utterances that finish at very different steps give their single-utterance result."""
+    model = peaked_model(2, 300)
+    feats = torch.randn(3, 120, 80, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([120, 50, 20])
+    opts = DecodeOptions(beam_size=4, ctc_weight=0.2, max_len_a=0.1, max_len_b=3, nbest=4)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    langs = torch.tensor([4, 4, 4])
+    every = BeamSearch(model, opts, sync_every=1).search(enc, langs, lengths)
+    rarely = BeamSearch(model, opts, sync_every=64).search(enc, langs, lengths)
+    assert exact_results(rarely) == exact_results(every)
+    for i in range(3):
+        alone = decode(model, feats[i:i + 1, : int(lengths[i])], lengths[i:i + 1], 4, opts)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in every[i]]
+        assert np.allclose([h.score for h in alone], [h.score for h in every[i]], atol=1e-5)

@@ -1,0 +1,314 @@
+"""Model-only speed of fama at FAMA-small (or -medium) size, per precision, on real speech (issue #12, item 4).
+
+Random weights at the real size, fed the filterbanks of real speech from ../shared/data/media (cut into chunks
+by fama's own VAD, batched as `fama transcribe` does), every chunk forced to 3.3 output tokens per second of
+speech (the decoder's </s> logit is lowered so only the length limit ends a hypothesis), beam 5, CTC 0.2.
+Prints the RTF (seconds of compute per second of audio) of float32, bfloat16, int8 and auto, the encoder's
+achieved FLOP/s against the measured matmul peak, medians of --runs runs. Before each run it waits until
+the load average is below --idle-load (--no-wait skips that: functional checks only) and it discards a run
+during which the machine's load rose above that.
+
+The peer in the same run: faster-whisper / CTranslate2 at its CPU default (int8), beam 5, on the same audio cut
+into 30 s windows, a random-weight whisper-small (-medium with --size medium) built locally with transformers
+and converted by CTranslate2's own Whisper loader (no download), forced to the same tokens per second. Last
+line: `fama-small/faster-whisper-small CPU speed: N.Nx` (the peer's RTF over fama's auto RTF).
+
+Benchmark-only dependencies (never project requirements):
+    pip install faster-whisper==1.2.1 ctranslate2==4.8.5 transformers && pip install --no-deps openai-whisper
+
+    python benchmarks/speed_bench.py                      # FAMA-small, >= 120 s of speech, 3 runs, waits for idle
+    python benchmarks/speed_bench.py --no-wait --seconds 20 --runs 1 --precisions float32,int8   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from decode_bench import encoder_matmul_flops  # noqa: E402
+
+from fama_core.audio import stream_audio  # noqa: E402
+from fama_core.config import preset  # noqa: E402
+from fama_core.decoding import DecodeOptions, decode_encoded  # noqa: E402
+from fama_core.features import SAMPLE_RATE, compute_features  # noqa: E402
+from fama_core.model import FamaModel  # noqa: E402
+from fama_core.pipeline import TranscribeOptions, _batches  # noqa: E402
+from fama_core.precision import FLOAT_DTYPES, apply_precision, precision_of, quantize_int8  # noqa: E402
+from fama_core.vad import VadOptions, iter_speech_chunks  # noqa: E402
+
+MEDIA = ROOT.parent / "shared" / "data" / "media"
+TOKENS_PER_SECOND = 3.3
+FRAMES_PER_SECOND = 100  # filterbank frames
+
+
+def speech_chunks(seconds: float) -> list[np.ndarray]:
+    """VAD chunks of the shared recordings, file after file, until `seconds` of speech."""
+    chunks, total = [], 0.0
+    for path in sorted(p for p in MEDIA.iterdir() if p.suffix in (".wav", ".flac", ".mp3")):
+        for chunk in iter_speech_chunks(stream_audio(str(path), 30.0), VadOptions()):
+            audio = np.asarray(chunk.audio, dtype=np.float32).reshape(-1)
+            chunks.append(audio)
+            total += len(audio) / SAMPLE_RATE
+            if total >= seconds:
+                return chunks
+    if total < seconds:
+        raise SystemExit(f"only {total:.0f} s of speech in {MEDIA}")
+    return chunks
+
+
+def build(size: str, seed: int, layers: int | None = None) -> FamaModel:
+    torch.manual_seed(seed)
+    depth = {} if layers is None else {"encoder_layers": layers, "decoder_layers": layers, "ctc_encoder_layer": 1}
+    model = FamaModel(preset(size, **depth)).eval()
+    eos = model.cfg.eos
+
+    def no_eos(module, args, out):  # only the length limit ends a hypothesis
+        out[..., eos] = -1e4
+        return out
+
+    model.decoder.output_projection.register_forward_hook(no_eos)
+    return model
+
+
+@torch.no_grad()
+def run_once(model: FamaModel, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    opts = DecodeOptions(beam_size=5, ctc_weight=0.2, max_len_a=TOKENS_PER_SECOND / FRAMES_PER_SECOND,
+                         max_len_b=1, min_len=1, no_repeat_ngram_size=0)
+    enc_s = search_s = 0.0
+    for feats, lengths in batches:
+        t0 = time.perf_counter()
+        enc = model.encode(feats.to(model.dtype), lengths)
+        t1 = time.perf_counter()
+        hyps = decode_encoded(model, enc, 4, opts, source_lengths=lengths)
+        t2 = time.perf_counter()
+        want = (opts.max_len_a * lengths.float()).long() + opts.max_len_b - 1
+        got = [len(h[0].tokens) for h in hyps]
+        if got != want.tolist():
+            raise RuntimeError(f"forced token counts not met: {got} != {want.tolist()}")
+        enc_s, search_s = enc_s + t1 - t0, search_s + t2 - t1
+    return {"encoder": enc_s, "search": search_s, "total": enc_s + search_s}
+
+
+def matmul_peak(name: str, m: int = 512, k: int = 1024, n: int = 4096, reps: int = 5) -> float:
+    layer = torch.nn.Linear(k, n).eval()
+    x = torch.randn(m, k)
+    if name == "int8":
+        layer = quantize_int8(torch.nn.Sequential(layer))
+    else:
+        layer, x = layer.to(FLOAT_DTYPES[name]), x.to(FLOAT_DTYPES[name])
+    with torch.no_grad():
+        layer(x)
+        best = min(_timed(layer, x) for _ in range(reps))
+    return 2.0 * m * k * n / best
+
+
+def _timed(fn, x) -> float:
+    t0 = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------ the peer
+
+WHISPER_SIZES = {  # d_model, layers (encoder = decoder), heads, FFN
+    "small": (768, 12, 12, 3072),
+    "medium": (1024, 24, 16, 4096),
+}
+WHISPER_VOCAB = 51865
+EOT, SOT, EN, TRANSCRIBE, NOTIMESTAMPS = 50257, 50258, 50259, 50359, 50363
+
+
+class _Vocabulary:
+    """The token list CTranslate2's converter reads: multilingual.tiktoken's 50,257 byte pieces (as their base64
+    text: the strings are never decoded here) and Whisper's special tokens at their ids."""
+
+    def __init__(self):
+        import importlib.util
+
+        spec = importlib.util.find_spec("whisper")
+        if spec is None or spec.origin is None:
+            raise RuntimeError("pip install --no-deps openai-whisper (for its multilingual.tiktoken file)")
+        lines = (Path(spec.origin).parent / "assets" / "multilingual.tiktoken").read_text().split()
+        vocab = {tok: int(rank) for tok, rank in zip(lines[::2], lines[1::2])}
+        specials = ["<|endoftext|>", "<|startoftranscript|>"] + ["<|en|>"] + [f"<|lang{i}|>" for i in range(98)]
+        specials += ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                     "<|notimestamps|>"]
+        vocab.update({tok: EOT + i for i, tok in enumerate(specials)})
+        self.vocab = vocab
+        self.additional_special_tokens = specials[2:]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return self.vocab[token]
+
+
+def build_whisper(size: str, folder: Path, seed: int) -> None:
+    """A random-weight Whisper of the given size, converted to CTranslate2 int8 in `folder` (no download)."""
+    import transformers
+    from ctranslate2.converters.transformers import WhisperLoader
+
+    d, layers, heads, ffn = WHISPER_SIZES[size]
+    cfg = transformers.WhisperConfig(vocab_size=WHISPER_VOCAB, num_mel_bins=80, d_model=d, encoder_layers=layers,
+                                     decoder_layers=layers, encoder_attention_heads=heads,
+                                     decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn)
+    torch.manual_seed(seed)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    spec = WhisperLoader()(model, _Vocabulary())
+    spec.validate()
+    spec.optimize(quantization="int8")
+    spec.save(str(folder))
+
+
+def peer_run(ct2_model, windows: list[tuple[np.ndarray, int]]) -> dict:
+    """faster-whisper's model call on 30 s windows, each forced to its number of new tokens."""
+    import ctranslate2
+
+    enc_s = gen_s = 0.0
+    prompt = [SOT, EN, TRANSCRIBE, NOTIMESTAMPS]
+    for mels, new_tokens in windows:
+        t0 = time.perf_counter()
+        feats = ctranslate2.StorageView.from_array(mels)
+        enc = ct2_model.encode(feats, to_cpu=False)
+        t1 = time.perf_counter()
+        # CTranslate2's Whisper generates min(max_length / 2, max_length - prompt) new tokens at most.
+        out = ct2_model.generate(enc, [prompt] * len(mels), beam_size=5, max_length=2 * new_tokens,
+                                 suppress_tokens=[-1, EOT], suppress_blank=False)
+        t2 = time.perf_counter()
+        got = [len(r.sequences_ids[0]) for r in out]
+        if any(g != new_tokens for g in got):
+            raise RuntimeError(f"faster-whisper produced {got} tokens instead of {new_tokens}")
+        enc_s, gen_s = enc_s + t1 - t0, gen_s + t2 - t1
+    return {"encoder": enc_s, "search": gen_s, "total": enc_s + gen_s}
+
+
+def whisper_windows(chunks: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+    """The speech cut into 30 s windows (log-mel by faster-whisper's own extractor), full windows in one batch
+    and the last partial one alone, each with 3.3 tokens per second of its audio."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    audio = np.concatenate(chunks)
+    n = 30 * SAMPLE_RATE
+    extractor = FeatureExtractor(feature_size=80)
+    pieces = [audio[i:i + n] for i in range(0, len(audio), n)]
+    mels = [extractor(np.pad(p, (0, n - len(p))), padding=0)[:, :3000].astype(np.float32) for p in pieces]
+    full = [m for m, p in zip(mels, pieces) if len(p) == n]
+    windows = [(np.stack(full), round(TOKENS_PER_SECOND * 30))] if full else []
+    if len(pieces[-1]) < n:
+        windows.append((mels[-1][None], max(1, round(TOKENS_PER_SECOND * len(pieces[-1]) / SAMPLE_RATE))))
+    return windows
+
+
+def wait_for_idle(limit: float, no_wait: bool) -> None:
+    while not no_wait and os.getloadavg()[0] > limit:
+        time.sleep(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="small", choices=["small", "medium"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=120.0, help="speech to decode (>= 120 for the figures)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precisions", default="float32,bfloat16,int8,auto")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-seconds", type=float, default=480.0, help="padded audio per batch")
+    ap.add_argument("--layers", type=int, default=None, help="encoder and decoder depth (dry runs only)")
+    ap.add_argument("--idle-load", type=float, default=0.5, help="load average below which a run may start")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine (functional check)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-peer", action="store_true", help="skip faster-whisper (always skipped off the CPU)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    chunks = speech_chunks(args.seconds)
+    audio_s = sum(len(c) for c in chunks) / SAMPLE_RATE
+    lengths = [len(c) for c in chunks]
+    order = sorted(range(len(chunks)), key=lambda j: -lengths[j])
+    o = TranscribeOptions(batch_size=args.batch_size, batch_seconds=args.batch_seconds)
+    batches = []
+    for b in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
+        feats = [compute_features([torch.from_numpy(chunks[j])])[0][0] for j in b]
+        batches.append((torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(args.device),
+                        torch.tensor([len(f) for f in feats], device=args.device)))
+    base = build(args.size, args.seed, args.layers)
+    cfg = base.cfg
+    print(f"FAMA-{args.size} size ({base.num_parameters():,} parameters, random weights), {len(chunks)} VAD chunks "
+          f"= {audio_s:.1f} s of speech in {len(batches)} batches, {TOKENS_PER_SECOND} tokens/s forced, beam 5, "
+          f"CTC 0.2, {args.threads} threads, device {args.device}, torch {torch.__version__}")
+    flops = sum(encoder_matmul_flops(cfg, f.shape[0], f.shape[1])["total"] for f, _ in batches)
+    results = {}
+    for name in args.precisions.split(","):
+        model = apply_precision(copy.deepcopy(base), name, args.device)
+        resolved = precision_of(model)
+        run_once(model, batches[-1:])  # warm-up on the shortest batch
+        runs = []
+        while len(runs) < args.runs:
+            wait_for_idle(args.idle_load, args.no_wait)
+            r = run_once(model, batches)
+            if not args.no_wait and os.getloadavg()[0] > args.idle_load + 1.0:
+                print(f"  {name}: run discarded (load {os.getloadavg()[0]:.1f})")
+                continue
+            runs.append(r)
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        results[name] = med
+        peak = matmul_peak(resolved) if args.device == "cpu" else float("nan")
+        print(f"{name:>9} ({resolved}): encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = "
+              f"{med['total']:.2f} s, RTF {med['total'] / audio_s:.3f}; encoder {flops / med['encoder'] / 1e9:.1f} "
+              f"GFLOP/s vs matmul peak {peak / 1e9:.1f} GFLOP/s")
+        del model
+    best = min(results, key=lambda k: results[k]["total"])
+    print(f"fastest: {best}, RTF {results[best]['total'] / audio_s:.3f}")
+    fama_rtf = results["auto" if "auto" in results else best]["total"] / audio_s
+    if args.device != "cpu" or args.no_peer:
+        print(f"fama-{args.size} RTFx ({best}, {args.device}): {1 / (results[best]['total'] / audio_s):.0f}")
+        return
+    try:
+        peer_rtf = measure_peer(args, chunks, audio_s)
+    except Exception as e:  # a missing benchmark-only package: say so on the last line
+        print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: n/a ({type(e).__name__}: {e})")
+        return
+    print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: {peer_rtf / fama_rtf:.1f}x")
+
+
+def measure_peer(args, chunks: list[np.ndarray], audio_s: float) -> float:
+    import tempfile
+
+    import ctranslate2
+
+    windows = whisper_windows(chunks)
+    with tempfile.TemporaryDirectory() as tmp:
+        build_whisper(args.size, Path(tmp), args.seed)
+        model = ctranslate2.models.Whisper(tmp, device="cpu", compute_type="int8", intra_threads=args.threads)
+    peer_run(model, windows[-1:])  # warm-up
+    runs = []
+    while len(runs) < args.runs:
+        wait_for_idle(args.idle_load, args.no_wait)
+        r = peer_run(model, windows)
+        if not args.no_wait and os.getloadavg()[0] > args.idle_load + 1.0:
+            print(f"  faster-whisper: run discarded (load {os.getloadavg()[0]:.1f})")
+            continue
+        runs.append(r)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(f"faster-whisper {ctranslate2.__version__ and __import__('faster_whisper').__version__} / CTranslate2 "
+          f"{ctranslate2.__version__}, random whisper-{args.size}, int8, {len(windows)} batches of 30 s windows: "
+          f"encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = {med['total']:.2f} s, "
+          f"RTF {med['total'] / audio_s:.3f}")
+    return med["total"] / audio_s
+
+
+if __name__ == "__main__":
+    main()

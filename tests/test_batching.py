@@ -1,0 +1,26 @@
+"""How chunks are grouped into batches: sorted by length, within the item and padded-audio budgets, and with
+padding at most MAX_PADDING times the real audio (a 4 s chunk is never padded to 30 s)."""
+
+from __future__ import annotations
+
+from fama_core.pipeline import MAX_PADDING, _batches
+
+
+def groups(seconds: list[float], batch_size: int = 16, budget_s: float = 480.0) -> list[list[float]]:
+    lengths = [int(s * 16000) for s in seconds]
+    order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
+    return [[seconds[j] for j in b] for b in _batches(order, lengths, batch_size, int(budget_s * 16000))]
+
+
+def test_short_chunks_start_a_new_batch_rather_than_be_padded():
+    assert groups([30, 4, 29, 3.5, 28, 4]) == [[30, 29, 28], [4, 4, 3.5]]
+
+
+def test_padding_cap_is_the_only_new_rule():
+    assert MAX_PADDING == 1.3
+    # 10 + 8 -> padded 20 / real 18 = 1.11: together; + 7 -> 30 / 25 = 1.2: together; + 5 -> 40 / 30 = 1.33: new
+    assert groups([10, 8, 7, 5, 5]) == [[10, 8, 7], [5, 5]]
+    assert groups([10, 10, 10, 10, 10], batch_size=2) == [[10, 10], [10, 10], [10]]
+    assert groups([10, 10, 10], budget_s=20) == [[10, 10], [10]]
+    for b in groups([30, 20, 17, 15, 9, 8, 6, 4, 2, 1.5, 1]):
+        assert max(b) * len(b) <= MAX_PADDING * sum(b)
