@@ -117,4 +117,4 @@ def main() -> None:  # pragma: no cover
 
 
 # Command groups that live in their own modules register themselves on `app` when imported.
-from fama_cli import evaluate_cmd, train_cmd, transcribe_cmd  # noqa: E402,F401
+from fama_cli import evaluate_cmd, serve_cmd, train_cmd, transcribe_cmd  # noqa: E402,F401
