@@ -6,6 +6,7 @@ import importlib.util
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from fama_cli.main import app, err, fail
 from fama_cli.transcribe_cmd import (
@@ -62,7 +63,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible server: POST /v1/audio/transcriptions and /v1/audio/translations (docs/serve.md)."""
     if any(importlib.util.find_spec(m) is None for m in SERVE_MODULES):
-        raise fail(f'fama serve needs the serve extra: pip install "{DIST}[serve]"', 1)
+        raise fail(escape(f'fama serve needs the serve extra: pip install "{DIST}[serve]"'), 1)
     for name, value in (("--beam-size", beam_size), ("--batch-size", batch_size), ("--max-line-width", max_line_width),
                         ("--max-line-count", max_line_count), ("--max-requests", max_requests),
                         ("--readers", readers), ("--threads", threads or 1)):
