@@ -52,7 +52,7 @@ DISCONNECT_POLL_S = 0.2
 class ServeOptions:
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)  # decoding, VAD, batches, readers
     subtitles: SubtitleOptions = field(default_factory=SubtitleOptions)
-    batch_wait: float = 0.05  # seconds an idle pool waits for other requests' chunks before decoding
+    batch_wait: float = 0.25  # most seconds an idle decoder waits for requests still being read
     max_upload_bytes: int = 200 * 1024 * 1024
     max_requests: int = 64  # requests admitted at once (uploading, reading, decoding); more get 503
     timeout: float = 600.0  # seconds from admission to the response's last byte
@@ -252,6 +252,12 @@ class BatchPool:
     def _has_work(self) -> bool:
         return any(j.audio and (j.lang_id is not None or self._detect_ready(j)) for j in self.jobs)
 
+    def _expecting(self) -> bool:
+        """Requests are being read that have no chunk waiting yet, and the next batch is not full."""
+        waiting = sum(len(j.audio) for j in self.jobs)
+        return waiting < self.options.transcribe.batch_size and any(
+            not j.read_done and not j.audio for j in self.jobs)
+
     def _loop(self) -> None:
         while True:
             with self.cond:
@@ -259,10 +265,12 @@ class BatchPool:
                 while not self.closed and not self._has_work():
                     idle = True
                     self.cond.wait()
+                # the collection window: an idle decoder gives requests still being read a moment to join
+                end = time.monotonic() + self.options.batch_wait
+                while idle and not self.closed and self._expecting() and (left := end - time.monotonic()) > 0:
+                    self.cond.wait(left)
                 if self.closed:
                     return
-            if idle and self.options.batch_wait > 0:
-                time.sleep(self.options.batch_wait)  # the collection window: let concurrent requests' chunks in
             try:
                 self._detect_languages()
                 self._decode_round()

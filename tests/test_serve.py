@@ -8,6 +8,7 @@ Typer's runner): text, srt and vtt byte for byte, json and verbose_json against 
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -246,7 +247,7 @@ def test_concurrent_requests_are_batched_together(loaded, cli, media) -> None:
     jobs += [("translate", cid, {} if CLIPS[cid]["lang"] == "it" else {"to": "it"}) for cid in CLIPS]
     jobs.append(("transcribe", "two", {}))
     assert len(jobs) == 16
-    with serving(loaded) as (base, pool):
+    with serving(loaded, batch_wait=1.0) as (base, pool):
         api = client(base)
         barrier = threading.Barrier(len(jobs))
 
@@ -389,33 +390,79 @@ def test_full_queue_gives_503_with_retry_after(loaded, media) -> None:
         assert settle(base, pool)["rejected"] == 1
 
 
-def test_timeout_and_disconnect_free_the_work(loaded, media) -> None:
-    # the idle pool waits 1.5 s before decoding, so these requests are still queued when they end
-    with serving(loaded, timeout=0.3, batch_wait=1.5) as (base, pool):
-        r = httpx.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", media["en_bag"].read_bytes())})
-        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
-        stats = settle(base, pool)
-        time.sleep(1.6)
-        stats = health(base)
-        assert (stats["cancelled"], stats["rows"], stats["jobs_in_pool"]) == (1, 0, 0), stats
-    with serving(loaded, batch_wait=1.5) as (base, pool):
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-            httpx.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", media["en_bag"].read_bytes())},
-                       timeout=httpx.Timeout(5, read=0.3))
-        slow = SlowUpload(media["en_cats"])  # and one that leaves half-way through its upload
+def gated(loaded) -> tuple:
+    """A copy of the model whose encoder waits for `gate`: its first batch holds the decoder, so that the
+    chunks of later requests stay queued in the pool. Returns ((model, tokenizer), entered, gate)."""
+    model, tokenizer = loaded
+    copy_ = copy.deepcopy(model)
+    entered, gate = threading.Event(), threading.Event()
+    encode = copy_.encode
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert gate.wait(60)
+        return encode(*args, **kwargs)
+
+    copy_.encode = held
+    return (copy_, tokenizer), entered, gate
+
+
+def post_en(base: str, path: Path, **kw) -> httpx.Response:
+    return httpx.post(f"{base}/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())},
+                      data={"language": "en", "response_format": "text"}, **kw)
+
+
+def wait_for(base: str, key: str, value: int) -> dict:
+    deadline = time.monotonic() + 20
+    while (h := health(base))[key] != value:
+        assert time.monotonic() < deadline, h
+        time.sleep(0.05)
+    return h
+
+
+def test_timeout_frees_the_work_of_a_request(loaded, media) -> None:
+    model, entered, gate = gated(loaded)
+    with serving(model, timeout=4.0) as (base, pool), ThreadPoolExecutor(2) as ex:
+        first = ex.submit(post_en, base, media["en_bag"])
+        assert entered.wait(20)  # the first request's chunk is being decoded (held)
+        second = ex.submit(post_en, base, media["en_cats"])
+        assert wait_for(base, "chunks_waiting", 1)["batches"] == 0  # the second one's chunk waits in the pool
+        for r in (first.result(), second.result()):
+            assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert settle(base, pool)["cancelled"] == 2
+        gate.set()
+        stats = wait_for(base, "batches", 1)
+        time.sleep(0.5)
+        stats = health(base)  # the held batch finished; the second request's chunk was never decoded
+        assert (stats["batches"], stats["rows"], stats["chunks_waiting"], stats["jobs_in_pool"]) == (1, 1, 0, 0)
+
+
+def test_client_disconnect_frees_its_work(loaded, media) -> None:
+    model, entered, gate = gated(loaded)
+    with serving(model) as (base, pool), ThreadPoolExecutor(2) as ex:
+        gives_up = {"timeout": httpx.Timeout(20, read=3.0)}  # the client closes the connection after 3 s
+        first = ex.submit(post_en, base, media["en_bag"], **gives_up)
+        assert entered.wait(20)
+        second = ex.submit(post_en, base, media["en_cats"], **gives_up)
+        wait_for(base, "chunks_waiting", 1)
+        for f in (first, second):
+            with pytest.raises(httpx.ReadTimeout):
+                f.result()
+        slow = SlowUpload(media["it_boy"])  # and one that leaves half-way through its upload
 
         def leave_half_way() -> Iterator[bytes]:
-            it = iter(slow)
-            yield next(it)
+            yield next(iter(slow))
             raise OSError("client gone")
 
         with pytest.raises((OSError, httpx.HTTPError)):
             httpx.post(f"{base}/v1/audio/transcriptions", content=leave_half_way(),
                        headers={"Content-Type": "multipart/form-data; boundary=fama-test-boundary"})
-        stats = settle(base, pool)
-        time.sleep(1.6)
+        assert settle(base, pool)["cancelled"] == 2
+        gate.set()
+        wait_for(base, "batches", 1)
+        time.sleep(0.5)
         stats = health(base)
-        assert (stats["cancelled"], stats["rows"], stats["jobs_in_pool"]) == (1, 0, 0), stats
+        assert (stats["batches"], stats["rows"], stats["chunks_waiting"], stats["jobs_in_pool"]) == (1, 1, 0, 0)
 
 
 def test_fama_serve_command(media) -> None:
