@@ -47,7 +47,7 @@ def serve(
     timeout: Annotated[float, typer.Option(help="Seconds a request may take, upload included (504 beyond)")]
     = 600.0,
     batch_wait_ms: Annotated[float, typer.Option(help="An idle decoder waits at most this long for requests still "
-                                                      "being read, to decode them together")] = 250.0,
+                                                      "being read, to decode them together")] = 500.0,
     readers: Annotated[int, typer.Option(help="Uploads decoded and cut at pauses in parallel")] = 4,
     beam_size: BeamSizeOpt = 5,
     ctc_weight: CtcWeightOpt = 0.2,

@@ -52,7 +52,7 @@ DISCONNECT_POLL_S = 0.2
 class ServeOptions:
     transcribe: TranscribeOptions = field(default_factory=TranscribeOptions)  # decoding, VAD, batches, readers
     subtitles: SubtitleOptions = field(default_factory=SubtitleOptions)
-    batch_wait: float = 0.25  # most seconds an idle decoder waits for requests still being read
+    batch_wait: float = 0.5  # most seconds an idle decoder waits for requests still being read
     max_upload_bytes: int = 200 * 1024 * 1024
     max_requests: int = 64  # requests admitted at once (uploading, reading, decoding); more get 503
     timeout: float = 600.0  # seconds from admission to the response's last byte
@@ -609,11 +609,17 @@ class _Api:
             raise ServeError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
                              None, "invalid_api_key")
 
-    def models(self, request: Any) -> dict[str, Any]:
+    def models(self, request: Any, model_id: str | None = None) -> dict[str, Any]:
+        """The model list, or one model (404 for another id)."""
         self.check_key(request)
         pool = self.pool
-        return {"object": "list", "data": [{"id": pool.model_name, "object": "model", "created": int(pool.started),
-                                            "owned_by": "fama"}]}
+        card = {"id": pool.model_name, "object": "model", "created": int(pool.started), "owned_by": "fama"}
+        if model_id is None:
+            return {"object": "list", "data": [card]}
+        if model_id != pool.model_name:
+            raise ServeError(404, f"model {model_id!r} is not served here; this server has {pool.model_name!r}",
+                             "model", "model_not_found")
+        return card
 
     def admit(self, request: Any) -> None:
         """401, 413 (by Content-Length) and 503 before any of the body is read."""
@@ -747,6 +753,10 @@ def create_app(pool: BatchPool) -> Any:
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
         return api.models(request)
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str) -> Any:
+        return api.models(request, model_id)
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Any:

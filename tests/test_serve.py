@@ -278,6 +278,10 @@ def test_models_and_api_key(loaded, media) -> None:
             client(base, "wrong").models.list()
         api = client(base, "s3cret")
         assert [m.id for m in api.models.list()] == [MODEL_NAME]
+        assert api.models.retrieve(MODEL_NAME).id == MODEL_NAME
+        with pytest.raises(openai.NotFoundError) as e:
+            api.models.retrieve("whisper-1")
+        assert e.value.body["code"] == "model_not_found"
         with media["en_bag"].open("rb") as f:
             assert api.audio.transcriptions.create(file=f, model="x").text == "Your bag is yellow."
         assert health(base)["status"] == "ok"  # /health needs no key
