@@ -10,8 +10,10 @@ Two servers, each in its own process, on 127.0.0.1, with the fixture clips of te
    tokenizer's 256-token vocabulary) with every output forced to `--tokens` tokens (`min_len` = `max_len_b`: a
    random model's beam search would otherwise stop at arbitrary lengths), beam 5, CTC weight 0.2.
 Each phase sends `--requests` requests: first one at a time from one client, then from `--clients` threads at
-once. Printed: requests/s, audio seconds per second, p50/p95 latency, the server's batch counters, and the last
-lines `serve throughput, N clients vs 1: R.Rx (<model>)` (target >= 3x at 16 clients on the 2-core CPU).
+once. Printed: requests/s, audio seconds per second, p50/p95 latency, the server's batch counters, the
+model-only batching gain of the random model (`decode_chunks` on 16 clips one by one vs in one batch: the
+ceiling of what batching requests can give), and the last lines `serve throughput, N clients vs 1: R.Rx
+(<model>)` (target >= 3x at 16 clients on the 2-core CPU).
 """
 
 from __future__ import annotations
@@ -62,6 +64,40 @@ def child_server(port: int, threads: int, tokens: int, layers: str) -> None:
     decode = DecodeOptions(beam_size=5, ctc_weight=0.2, min_len=tokens, max_len_b=tokens)
     pool = BatchPool(model, tokenizer, f"random-small-{enc}x{dec}", ServeOptions(TranscribeOptions(decode=decode)))
     uvicorn.run(create_app(pool), host="127.0.0.1", port=port, log_level="warning")
+
+
+def model_ceiling(threads: int, tokens: int, layers: str, n: int) -> float:
+    """Model only, no server: `decode_chunks` on n clips one at a time vs all n in one batch. The server's gain
+    from batching cannot exceed this ratio (only ffmpeg/VAD/HTTP overlap comes on top)."""
+    import torch
+
+    from fama_core.audio import load_audio
+    from fama_core.config import preset
+    from fama_core.decoding import DecodeOptions
+    from fama_core.model import FamaModel
+    from fama_core.pipeline import decode_chunks
+    from fama_core.tokenizer import Tokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = Tokenizer.from_folder(MODEL)
+    enc, dec = (int(k) for k in layers.split(","))
+    torch.manual_seed(0)
+    model = FamaModel(preset("small", vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
+                             encoder_layers=enc, decoder_layers=dec, ctc_encoder_layer=min(8, enc))).eval()
+    decode = DecodeOptions(beam_size=5, ctc_weight=0.2, min_len=tokens, max_len_b=tokens)
+    audios = [torch.as_tensor(load_audio(CLIPS[i % len(CLIPS)])) for i in range(n)]
+    en = [tokenizer.lang_tag_id("en")]
+    decode_chunks(model, audios[:2], en * 2, decode)  # warm-up
+    t0 = time.perf_counter()
+    for a in audios:
+        decode_chunks(model, [a], en, decode)
+    single = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    decode_chunks(model, audios, en * n, decode)
+    batched = time.perf_counter() - t0
+    print(f"  model only (decode_chunks, no server): {n} clips one at a time {single:.1f} s, in one batch "
+          f"{batched:.1f} s: {single / batched:.1f}x")
+    return single / batched
 
 
 def start(cmd: list[str], port: int) -> subprocess.Popen:
@@ -183,9 +219,11 @@ def main() -> None:
                str(a.tokens), "--layers", a.layers]
         name = f"random FAMA-small-shaped model ({a.layers} layers, {a.tokens} tokens forced, beam 5)"
         ratios[f"small-shaped random model {a.layers}"] = bench(name, cmd, port, a.requests, a.clients)
+        ratios[f"model-only ceiling {a.layers}"] = model_ceiling(a.threads, a.tokens, a.layers, a.clients)
     print(f"\nload average {os.getloadavg()[0]:.2f}")
     for name, ratio in ratios.items():
-        print(f"serve throughput, {a.clients} clients vs 1: {ratio:.1f}x ({name})")
+        what = "batch gain" if name.startswith("model-only") else "serve throughput"
+        print(f"{what}, {a.clients} clients vs 1: {ratio:.1f}x ({name})")
     print(json.dumps({"ratios": ratios}))
 
 
