@@ -738,7 +738,7 @@ def create_app(pool: BatchPool) -> Any:
             pool.close()
 
     app = FastAPI(title="fama", summary="OpenAI-compatible speech recognition and EN<->IT translation",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pool = pool
     api = _Api(pool)
 

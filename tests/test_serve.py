@@ -12,6 +12,7 @@ import copy
 import importlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -500,5 +501,6 @@ def test_serve_without_the_extra_says_what_to_install() -> None:
     code = ("import sys; sys.modules['fastapi'] = None; from fama_cli.main import app; "
             "app(['serve', '--model', 'x'])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    dist = re.search(r'^name = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip() == 'error: fama serve needs the serve extra: pip install "fama[serve]"'
+    assert r.stderr.strip() == f'error: fama serve needs the serve extra: pip install "{dist}[serve]"'
