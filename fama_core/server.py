@@ -200,11 +200,15 @@ class BatchPool:
         """Reader thread: the upload's speech chunks into the pool, at most `pool_seconds` ahead of decoding."""
         o = self.options.transcribe
         blocks = None
+        if job.finished:  # cancelled while it waited for a reader
+            return
         try:
             blocks = stream_audio(job.path, BLOCK_SECONDS)
 
             def counted(source: Any) -> Any:
                 for block in source:
+                    if job.finished:  # cancelled: stop reading even where no speech is found
+                        return
                     job.samples += len(block)
                     yield block
 
