@@ -57,21 +57,13 @@ def human_size(n: int) -> str:
     return f"{n:.1f} GB"
 
 
-def version() -> str:
-    """The installed distribution's version (whatever the distribution is called)."""
-    from importlib import metadata
-
-    for dist in metadata.packages_distributions().get("fama_cli", []):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown (not installed)"
 
 
 def _show_version(value: bool) -> None:
     if value:
-        print(f"fama {version()}")
+        from fama_core.config import package_version
+
+        print(f"fama {package_version()}")
         raise typer.Exit()
 
 
@@ -84,9 +76,7 @@ def _root(
 
 
 # The main commands first in `fama --help`: command modules register themselves on `app` when imported.
-from fama_cli import (  # noqa: E402,F401
-    evaluate_cmd,
-    model_cmd,
-    train_cmd,
-    transcribe_cmd,  # noqa: E402,F401
-)
+# isort: off
+from fama_cli import transcribe_cmd  # noqa: E402,F401
+from fama_cli import evaluate_cmd, model_cmd, serve_cmd, train_cmd  # noqa: E402,F401
+# isort: on

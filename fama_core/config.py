@@ -158,3 +158,15 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def package_version() -> str:
+    """The installed distribution's version, whatever the distribution is called."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get("fama_core", []):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown (not installed)"

@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import numpy as np
 
 from .audio import AudioError, load_audio
 from .checkpoints import load_model
+from .config import package_version
 from .decoding import DecodeOptions
 from .inputs import InputFile
 from .manifest import ManifestRow, read_manifest
@@ -211,13 +211,6 @@ def decode_manifest(model: Any, tokenizer: Any, items: list[_Item], base: Path, 
     return decoded
 
 
-def _version() -> str:
-    try:
-        return version("fama")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-small", task: str | None = None,
              to: str | None = None, *, options: EvalOptions | None = None, device: str | None = None,
              dtype: str | None = None, batch_size: int | None = None, base: str | Path | None = None,
@@ -280,7 +273,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
         u.update(audio=items[n].row.audio, seconds=round(decoded.seconds[n], 3))
     failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
     info = {**dataclasses.asdict(o), "device": ",".join(devices) if devices else str(model.device),
-            "dtype": precision_of(model), "fama_version": _version()}
+            "dtype": precision_of(model), "fama_version": package_version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",
                       options=info, audio_seconds=sum(decoded.seconds[n] for n in ok), decode_seconds=decoded.wall,
                       skipped=skipped, failed=failed)

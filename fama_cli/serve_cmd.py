@@ -1,0 +1,117 @@
+"""`fama serve`: the OpenAI-compatible HTTP server (registered on the app in fama_cli.main)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from fama_cli.main import app, err, fail
+from fama_cli.transcribe_cmd import (
+    BatchSizeOpt,
+    BeamSizeOpt,
+    CtcWeightOpt,
+    Dtype,
+    GreedyOpt,
+    LocalFilesOnlyOpt,
+    MaxChunkSecondsOpt,
+    MaxCueSecondsOpt,
+    MaxLineCountOpt,
+    MaxLineWidthOpt,
+    MaxTokensOpt,
+    Model,
+    NoRepeatNgramSizeOpt,
+)
+
+DIST = "fama-speech"  # the distribution name in pyproject.toml, for the install hint
+SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def serve(
+    model: Model = "fama-small",
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N: one device (default: the first GPU, "
+                                                    "else the CPU)")] = None,
+    dtype: Dtype = "float32",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's)")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="FAMA_API_KEY", help="Require 'Authorization: Bearer KEY' "
+                                                "(or set FAMA_API_KEY)", show_default=False)] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 beyond)")] = 200.0,
+    max_requests: Annotated[int, typer.Option(help="Requests in progress at once (503 with Retry-After beyond)")]
+    = 64,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take, upload included (504 beyond)")]
+    = 600.0,
+    batch_wait_ms: Annotated[float, typer.Option(help="An idle decoder waits at most this long for requests still "
+                                                      "being read, to decode them together")] = 500.0,
+    readers: Annotated[int, typer.Option(help="Uploads decoded and cut at pauses in parallel")] = 4,
+    beam_size: BeamSizeOpt = 5,
+    ctc_weight: CtcWeightOpt = 0.2,
+    no_repeat_ngram_size: NoRepeatNgramSizeOpt = 5,
+    greedy: GreedyOpt = False,
+    max_tokens: MaxTokensOpt = 200,
+    batch_size: BatchSizeOpt = 16,
+    max_chunk_seconds: MaxChunkSecondsOpt = 30.0,
+    max_line_width: MaxLineWidthOpt = 42,
+    max_line_count: MaxLineCountOpt = 2,
+    max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    local_files_only: LocalFilesOnlyOpt = False,
+) -> None:
+    """OpenAI-compatible server: POST /v1/audio/transcriptions and /v1/audio/translations (docs/serve.md)."""
+    if any(importlib.util.find_spec(m) is None for m in SERVE_MODULES):
+        raise fail(escape(f'fama serve needs the serve extra: pip install "{DIST}[serve]"'), 1)
+    for name, value in (("--beam-size", beam_size), ("--batch-size", batch_size), ("--max-line-width", max_line_width),
+                        ("--max-line-count", max_line_count), ("--max-requests", max_requests),
+                        ("--readers", readers), ("--threads", threads or 1)):
+        if value < 1:
+            raise fail(f"{name} must be at least 1", 2)
+    if not 0.0 <= ctc_weight <= 1.0:
+        raise fail("--ctc-weight must be between 0 and 1", 2)
+    if not 1.0 <= max_chunk_seconds <= 120.0:
+        raise fail("--max-chunk-seconds must be between 1 and 120", 2)
+    if max_upload_mb <= 0 or timeout <= 0 or batch_wait_ms < 0:
+        raise fail("--max-upload-mb and --timeout must be positive, --batch-wait-ms not negative", 2)
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+
+    import torch
+    import uvicorn
+
+    from fama_core.checkpoints import CheckpointError, load_model
+    from fama_core.decoding import DecodeOptions
+    from fama_core.pipeline import TranscribeOptions, resolve_devices
+    from fama_core.server import BatchPool, ServeOptions, create_app
+    from fama_core.subtitles import SubtitleOptions
+    from fama_core.vad import VadOptions
+
+    try:
+        devices = resolve_devices(device)
+    except (RuntimeError, ValueError) as e:
+        raise fail(f"--device: {e}", 2) from None
+    if device is not None and len(devices) > 1:
+        raise fail("--device: fama serve decodes on one device; start one server per GPU", 2)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        loaded, tokenizer = load_model(model, device=devices[0], dtype=dtype, local_files_only=local_files_only or None)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise fail(f"cannot load model {model}: {e}") from None
+    options = ServeOptions(
+        transcribe=TranscribeOptions(
+            decode=DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
+                                 greedy=greedy, max_len_b=max_tokens),
+            vad=VadOptions(max_chunk_s=max_chunk_seconds), batch_size=batch_size, readers=readers),
+        subtitles=SubtitleOptions(max_line_width, max_line_count, max_cue_seconds),
+        batch_wait=batch_wait_ms / 1000, max_upload_bytes=int(max_upload_mb * 2**20), max_requests=max_requests,
+        timeout=timeout, api_key=api_key or None)
+    pool = BatchPool(loaded, tokenizer, model, options)
+    if host not in LOOPBACK and not api_key:
+        err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it",
+                  soft_wrap=True)
+    err.print(f"fama serve: {model} on {devices[0]} at http://{host}:{port}/v1 "
+              f"({'API key required' if api_key else 'no API key'}); Ctrl-C stops it", markup=False, soft_wrap=True)
+    uvicorn.run(create_app(pool), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
