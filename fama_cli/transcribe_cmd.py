@@ -48,6 +48,10 @@ MaxLineCountOpt = Annotated[int, typer.Option(help="Lines per subtitle cue")]
 MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue")]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama[ray]'): the cluster in "
+                                      "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
+                                                   "or ray://HOST:PORT")]
 
 
 @dataclasses.dataclass
@@ -75,6 +79,8 @@ class _Run:
     max_cue_seconds: float
     local_files_only: bool
     quiet: bool
+    ray: bool = False
+    ray_address: str | None = None
 
 
 def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
@@ -123,6 +129,14 @@ def _execute(r: _Run) -> None:
     if not 1.0 <= r.max_chunk_seconds <= 120.0:
         raise fail("--max-chunk-seconds must be between 1 and 120", 2)
 
+    on_ray = r.ray or r.ray_address is not None
+    if on_ray:
+        from fama_core.cluster import RayUnavailable, require_ray
+
+        try:
+            require_ray()
+        except RayUnavailable as e:
+            raise fail(escape(str(e))) from None
     items = expand_inputs(r.inputs, recursive=r.recursive)
     if not items:
         raise fail(f"no media files found in {' '.join(r.inputs)}" + ("" if r.recursive else
@@ -144,7 +158,7 @@ def _execute(r: _Run) -> None:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"
     try:
-        devices = resolve_devices(device)
+        devices = ["cpu"] if on_ray else resolve_devices(device)  # under Ray, --device is the replicas'
     except (RuntimeError, ValueError) as e:
         raise fail(f"--device: {e}", 2) from None
     who = f"[rank {rank}/{world}] " if world > 1 else ""
@@ -177,6 +191,11 @@ def _execute(r: _Run) -> None:
         )
         try:
             pipeline = Pipeline(model, tokenizer, options, model_name=r.model, devices=devices)
+            run = pipeline.run
+            if on_ray:
+                from fama_core.cluster import RayExecutor
+
+                run = RayExecutor(pipeline, r.ray_address, r.device).run
         except ValueError as e:
             raise fail(str(e), 2) from None
         subs = SubtitleOptions(r.max_line_width, r.max_line_count, r.max_cue_seconds)
@@ -198,7 +217,7 @@ def _execute(r: _Run) -> None:
                 progress.update(bar, audio=f"{_hms(decoded)} speech")
 
         try:
-            for res in pipeline.run(todo, progress=on_batch):
+            for res in run(todo, progress=on_batch):
                 seconds += res.seconds
                 error = res.error
                 if error is None:
@@ -266,6 +285,8 @@ def transcribe(
     max_cue_seconds: MaxCueSecondsOpt = 7.0,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     if lang not in ("en", "it", "auto"):
@@ -304,6 +325,8 @@ def translate(
     max_cue_seconds: MaxCueSecondsOpt = 7.0,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if to not in ("en", "it"):
