@@ -9,9 +9,13 @@ same code, so the caller's skip/overwrite rules, atomic writing, error lines and
 
 Chunks of many files are decoded together. With `language="auto"` a first, short pass reads each file's first
 `detect_seconds` of speech and scores it with `language_scores` in the same kind of actor pool; the decoding
-pass then uses each file's language. Ray restarts a dead actor (`max_restarts`) and retries its batch
-(`max_task_retries`); a retried batch gives the same rows, and the driver keys rows by (file, chunk), so a file is
-never yielded twice nor with a missing chunk. A bad input is a row with an error, never a failed task.
+pass then uses each file's language.
+
+Fault tolerance is Ray Data's own: a dead replica is restarted and its batches retried, a reading task whose
+worker died is retried (Ray Data's defaults: max_restarts, max_task_retries and max_retries of -1, i.e. for
+system failures, until the job is done; an exception in our code is not retried, and there is none: a bad input
+is a row with an error). A retried batch gives the same rows, and the driver keys rows by (file, chunk), so a
+file is never yielded twice nor with a missing chunk.
 
 `FamaTranscriber` is the same model for user-built Ray Data pipelines, one row per file (see its docstring).
 """
@@ -37,8 +41,6 @@ from .inputs import InputFile
 from .pipeline import FileResult, Pipeline, TranscribeOptions, _batches, _File, _reader, language_scores
 
 RAY_MISSING = 'Ray is not installed: pip install "fama[ray]" (or pip install "ray[data]")'
-ACTOR_RESTARTS = 3  # a replica that dies is restarted this many times, and its batch retried
-TASK_RETRIES = 3  # a reading task whose worker dies is retried this many times
 DETECT = -1  # lang_id of a chunk row whose language is to be scored, not decoded
 END = -1  # chunk number of a file's last row: how many chunks it had, samples read, error
 _COLUMNS = ("index", "chunk", "start", "end", "lang_id", "chunks", "samples", "error")
@@ -271,15 +273,14 @@ class RayExecutor:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 1024)))
         read_cpus = 1.0 if r.gpus else 0.0  # CPU-only: the replicas hold the CPUs; reading is light beside them
         ds = ds.flat_map(_chunk_rows, fn_kwargs={"options": self.pipeline.options, "limit_seconds": limit_seconds},
-                         num_cpus=read_cpus, max_retries=TASK_RETRIES,
+                         num_cpus=read_cpus,
                          compute=ray.data.TaskPoolStrategy(size=max(2, 2 * r.actors)))
         return ds.map_batches(
             ChunkDecoder, batch_size=self.rows_per_call, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=r.actors),
             fn_constructor_kwargs={"model": replica, "options": self.pipeline.options, "threads": r.threads,
                                    "device": "cuda" if r.gpus else "cpu"},
-            num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None,
-            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+            num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None)
 
     def _detect(self, files: list[_File], replica: Any) -> None:
         """The language of each file, from `language_scores` of its first speech, summed in chunk order."""
