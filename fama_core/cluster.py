@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .features import SAMPLE_RATE
-from .inputs import InputFile
+from .inputs import STDIN, InputFile
 from .pipeline import FileResult, Pipeline, TranscribeOptions, _batches, _File, _reader, language_scores
 
 RAY_MISSING = 'Ray is not installed: pip install "fama[ray]" (or pip install "ray[data]")'
@@ -238,11 +238,14 @@ class RayExecutor:
         """`pipeline`: the model, tokenizer and options (its model is shipped to the replicas through Ray's
         object store, so workers need neither the model files nor a download). `address`: see `connect`;
         `device`, `actors`, `threads`: see `RayResources.plan`; `rows_per_call`: chunks handed to one replica
-        call, sorted by length there and decoded in batches of `options.batch_size` (default 2 batches)."""
+        call, sorted by length there and decoded in batches of at most `options.batch_size`. Default: two
+        batches on a GPU; a quarter batch on a CPU, where a call of 4 chunks is already minutes of matrix
+        products at one thread and smaller calls spread the work evenly over the replicas."""
         self.pipeline = pipeline
         self.ray = connect(address)
         self.resources = RayResources.plan(self.ray.cluster_resources(), device, actors, threads)
-        self.rows_per_call = rows_per_call or 2 * pipeline.options.batch_size
+        batch = pipeline.options.batch_size
+        self.rows_per_call = rows_per_call or (2 * batch if self.resources.gpus else max(1, batch // 4))
 
     def run(self, items: list[InputFile], sources: list[Any] | None = None,
             progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:
@@ -251,15 +254,22 @@ class RayExecutor:
             raise ValueError("RayExecutor reads paths or URLs; in-memory waveforms go to Pipeline.run")
         p, o = self.pipeline, self.pipeline.options
         fixed = None if o.language == "auto" else p.tokenizer.lang_tag_id(o.language)
-        files = [_File(it, it.path, fixed, None if fixed is None else o.language) for it in items]
+        files = [_File(it, it.path if "://" in it.path else os.path.abspath(it.path), fixed,
+                       None if fixed is None else o.language) for it in items]
+        for f in files:
+            if f.item.path == STDIN:
+                f.error = "standard input cannot be read by Ray workers: save it to a file first"
+        if all(f.error for f in files):
+            yield from (p._finish(f) for f in files)
+            return
         model = p.model if p.model.device.type == "cpu" else _cpu_copy(p.model)
         replica = self.ray.put((model, p.tokenizer))  # kept referenced here while replicas may restart
         try:
             if fixed is None:
-                self._detect(files, replica)
+                self._detect(files, [i for i, f in enumerate(files) if f.error is None], replica)
             todo = [i for i, f in enumerate(files) if f.error is None]
             for f in files:
-                if f.error is not None:
+                if f.error is not None and not f.finished:
                     f.read_done = True
                     yield p._finish(f)
             yield from self._decode(files, todo, replica, progress)
@@ -268,7 +278,7 @@ class RayExecutor:
 
     def _dataset(self, files: list[_File], todo: list[int], replica: Any, limit_seconds: float | None) -> Any:
         ray, r = self.ray, self.resources
-        rows = [{"index": i, "path": files[i].item.path, "lang_id": DETECT if files[i].lang_id is None
+        rows = [{"index": i, "path": files[i].source, "lang_id": DETECT if files[i].lang_id is None
                  else files[i].lang_id} for i in todo]
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 1024)))
         read_cpus = 1.0 if r.gpus else 0.0  # CPU-only: the replicas hold the CPUs; reading is light beside them
@@ -277,16 +287,16 @@ class RayExecutor:
                          compute=ray.data.TaskPoolStrategy(size=max(2, 2 * r.actors)))
         return ds.map_batches(
             ChunkDecoder, batch_size=self.rows_per_call, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=r.actors),
+            compute=ray.data.ActorPoolStrategy(size=r.actors, max_tasks_in_flight_per_actor=2 if r.gpus else 1),
             fn_constructor_kwargs={"model": replica, "options": self.pipeline.options, "threads": r.threads,
                                    "device": "cuda" if r.gpus else "cpu"},
             num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None)
 
-    def _detect(self, files: list[_File], replica: Any) -> None:
+    def _detect(self, files: list[_File], todo: list[int], replica: Any) -> None:
         """The language of each file, from `language_scores` of its first speech, summed in chunk order."""
         p = self.pipeline
         scores: dict[int, dict[int, list[float]]] = {}
-        for row in self._dataset(files, list(range(len(files))), replica, p.options.detect_seconds).iter_rows():
+        for row in self._dataset(files, todo, replica, p.options.detect_seconds).iter_rows():
             i, c, f = int(row["index"]), int(row["chunk"]), files[int(row["index"])]
             if row["error"]:
                 f.error = f.error or str(row["error"])
