@@ -48,7 +48,7 @@ MaxLineCountOpt = Annotated[int, typer.Option(help="Lines per subtitle cue")]
 MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue")]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")]
-RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama[ray]'): the cluster in "
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
                                                    "or ray://HOST:PORT")]
@@ -198,6 +198,8 @@ def _execute(r: _Run) -> None:
                 run = RayExecutor(pipeline, r.ray_address, r.device).run
         except ValueError as e:
             raise fail(str(e), 2) from None
+        except ConnectionError as e:  # --ray: no cluster at that address
+            raise fail(escape(f"cannot join Ray: {e}")) from None
         subs = SubtitleOptions(r.max_line_width, r.max_line_count, r.max_cue_seconds)
         progress = None
         if not r.quiet and err.is_terminal and not to_stdout:
