@@ -92,7 +92,7 @@ def main() -> None:
     import torch
 
     from fama_core.checkpoints import load_model
-    from fama_core.cluster import RayExecutor
+    from fama_core.cluster import RUNTIME_ENV, RayExecutor
     from fama_core.config import preset
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import InputFile
@@ -106,7 +106,7 @@ def main() -> None:
         if not args.no_wait:
             wait_for_idle(args.max_load, 3600)
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
         print(f"ray.init: {time.perf_counter() - t0:.1f} s (once per job; not in the times below)", flush=True)
         torch.set_num_threads(2)
         model, tokenizer = load_model(str(MODEL), device="cpu")

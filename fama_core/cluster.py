@@ -44,6 +44,9 @@ RAY_MISSING = 'Ray is not installed: pip install "fama[ray]" (or pip install "ra
 DETECT = -1  # lang_id of a chunk row whose language is to be scored, not decoded
 END = -1  # chunk number of a file's last row: how many chunks it had, samples read, error
 _COLUMNS = ("index", "chunk", "start", "end", "lang_id", "chunks", "samples", "error")
+# Ray starts a plain driver's workers at niceness 15 (those of `ray job submit` at 0): the replicas and reading
+# tasks are the job itself, not background work, so they run at the priority of a plain `fama transcribe`.
+RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
 
 
 class RayUnavailable(RuntimeError):
@@ -68,7 +71,7 @@ def connect(address: str | None = None) -> Any:
         import logging
 
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, runtime_env=RUNTIME_ENV)
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller shows files and audio; Ray's per-operator bars are noise
@@ -357,12 +360,13 @@ class FamaTranscriber:
         ds.write_parquet("s3://bucket/transcripts/")
 
     Input columns: `path` (a local path or object-store URL the worker can read) or `bytes` (the file's
-    content, e.g. from `read_binary_files`; `path` then only names it); optional `language` ("en", "it",
-    "auto"; for translation the target) and `task` ("transcribe" or "translate") per row, else the
-    constructor's. Output: the input columns except `bytes`, plus `text` (the segments' text joined by
-    spaces), `segments` (JSON: a list of {start, end, text, words: [{start, end, text}]}, seconds),
-    `language` (of the text; detected for "auto"), `duration` (seconds of audio) and `error` ("" when the
-    file was transcribed; else the reason, one line, and empty text and segments "[]").
+    content, e.g. from `read_binary_files`; `path` then only names it; a null `bytes` reads `path`);
+    optional `language` ("en", "it", "auto"; for translation the target) and `task` ("transcribe" or
+    "translate") per row, else the constructor's.
+    Output: the input columns except `bytes`, plus `text` (the segments' text joined by spaces), `segments`
+    (JSON: a list of {start, end, text, words: [{start, end, text}]}, seconds), `language` (of the text;
+    detected for "auto"), `duration` (seconds of audio) and `error` ("" when the file was transcribed; else
+    the reason, one line, and empty text and segments "[]").
 
     The files of one call are decoded together by `Pipeline` (chunks of many files in one batch), so
     `batch_size` of `map_batches` is the number of files pooled per call.
@@ -406,8 +410,8 @@ class FamaTranscriber:
         data = batch.get("bytes")
         groups: dict[tuple[str, str], list[int]] = {}
         for k in range(n):
-            key = tuple(str(batch[c][k]) if c in batch else "" for c in ("task", "language"))
-            groups.setdefault(key, []).append(k)  # type: ignore[arg-type]
+            task, language = (str(batch[c][k] or "") if c in batch else "" for c in ("task", "language"))
+            groups.setdefault((task, language), []).append(k)
         results: dict[int, FileResult] = {}
         for (task, language), rows in groups.items():
             try:
@@ -418,8 +422,8 @@ class FamaTranscriber:
             with contextlib.ExitStack() as stack:
                 items = {k: InputFile(paths[k]) for k in rows}
                 row_of = {id(it): k for k, it in items.items()}
-                sources = [stack.enter_context(local_copy(paths[k], None if data is None else bytes(data[k])))
-                           for k in rows]
+                sources = [stack.enter_context(local_copy(paths[k], None if data is None or data[k] is None
+                                                          else bytes(data[k]))) for k in rows]
                 for res in pipeline.run(list(items.values()), sources):
                     results[row_of[id(res.item)]] = res
         out = {c: v for c, v in batch.items() if c != "bytes"}

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fama_cli.main import app
-from fama_core.cluster import RAY_MISSING, RayResources
+from fama_core.cluster import RAY_MISSING, RUNTIME_ENV, RayResources
 
 from conftest import ROOT, require_shared
 
@@ -46,7 +46,7 @@ def ray():
         pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
     yield ray
     ray.shutdown()
 
@@ -155,6 +155,8 @@ def test_ray_data_class_in_a_three_line_pipeline(ray):
     rows = [{"path": str(CLIPS / f"{c['id']}.wav"), "bytes": (CLIPS / f"{c['id']}.wav").read_bytes(),
              "language": c["lang"]} for c in clips]
     rows.append({"path": "notes.wav", "bytes": b"this is not audio\n", "language": "en"})
+    url = (CLIPS / "it_bread.wav").as_uri()  # file:// is read like s3:// or gs://, through pyarrow's file systems
+    rows.append({"path": url, "bytes": None, "language": "it"})
 
     ds = ray.data.from_items(rows)
     ds = ds.map_batches(FamaTranscriber, fn_constructor_kwargs={"model": str(MODEL), "device": "cpu"},
@@ -172,6 +174,8 @@ def test_ray_data_class_in_a_three_line_pipeline(ray):
         assert r["text"] == t.text and json.loads(r["segments"]) == t.to_dict()["segments"]
         assert r["duration"] == pytest.approx(t.duration)
     assert out[str(CLIPS / "en_cats.wav")]["text"] == "There are twelve cats on the table."
+    assert {k: v for k, v in out[url].items() if k != "path"} == {
+        k: v for k, v in out[str(CLIPS / "it_bread.wav")].items() if k not in ("path", "bytes")}
 
 
 @pytest.mark.slow
