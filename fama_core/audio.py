@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -17,6 +19,8 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 STDIN = "-"
+# a file that decodes this much shorter than its header declares (and over 1 % shorter) is truncated
+TRUNCATION_TOLERANCE_S = 0.5
 
 
 class AudioError(Exception):
@@ -45,46 +49,103 @@ _REASONS = [
 ]
 
 
-def _check_path(path: str | Path) -> str:
+def _check_path(path: str | Path) -> tuple[str, bool]:
+    """The name to report, and whether it is a stream we feed to ffmpeg (stdin, a FIFO, `<(...)`)."""
     name = str(path)
     if name == STDIN:
-        return name
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{name}: no such file")
-    if p.is_dir():
+        return name, True
+    try:
+        info = Path(path).stat()
+    except FileNotFoundError:
+        raise AudioError(f"{name}: no such file") from None
+    except OSError as e:  # unreadable folder on the way, name too long, ...
+        raise AudioError(f"{name}: cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise AudioError(f"{name}: is a directory, not a media file")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{name}: empty file (0 bytes)")
-    return name
+    # only a regular file's size means anything: a FIFO or `<(...)` reports 0 and is read as a stream; and we
+    # read it ourselves, since `<(...)`'s /dev/fd/N is one of our file descriptors, closed in ffmpeg
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size == 0:
+            raise AudioError(f"{name}: empty file (0 bytes)")
+        return name, False
+    return name, True
 
 
-def _reason(stderr: str) -> str:
+def _reason(errors: list[str]) -> str:
+    text = "\n".join(errors)
     for needle, reason in _REASONS:
-        if needle in stderr:
+        if needle in text:
             return reason
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return f"ffmpeg failed: {lines[-1]}" if lines else "ffmpeg failed"
+    return f"ffmpeg failed: {errors[-1].strip()}" if errors else "ffmpeg failed"
 
 
-def _decode_command(name: str, sample_rate: int) -> list[str]:
+def _decode_command(name: str, piped: bool, sample_rate: int) -> list[str]:
     # "file:" keeps names such as "10:30 talk.mp3" from being read as a protocol
-    stream = ffmpeg.input("pipe:" if name == STDIN else f"file:{name}")["a:0"]
+    stream = ffmpeg.input("pipe:" if piped else f"file:{name}")["a:0"]
     # rematrix_maxval=1 makes the downmix an average, as for integer output (float output would be louder)
     out = ffmpeg.output(
         stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, rematrix_maxval=1.0
     )
-    head = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error"] + ([] if name == STDIN else ["-nostdin"])
-    return out.compile(cmd=head)
+    # info level for the input's header (its declared duration); each line tagged with its level
+    head = [ffmpeg_exe(), "-hide_banner", "-nostats", "-loglevel", "level+info"]
+    return out.compile(cmd=head + ([] if piped else ["-nostdin"]))
 
 
-def _pump(src, dst) -> None:
-    """Forward our stdin into ffmpeg's, in pieces (runs in a thread)."""
+_LOG_LINE = re.compile(r"^(?:\[[^\]]*\] )*?\[(panic|fatal|error|warning|info)\] ?(.*)$")
+_STREAM = re.compile(r"^\s+Stream #\S+.*?: (Audio|Video): ")
+_DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+class _FfmpegLog:
+    """What ffmpeg's stderr says: its last error lines, and the input header's declared duration."""
+
+    def __init__(self) -> None:
+        self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        self.duration: float | None = None  # what the container header declares
+        self.estimated = False  # the duration is a guess from the bitrate (no length in the header)
+        self.has_audio = False
+        self.video = False  # the input has a real video stream (the container's duration may be the video's)
+        self.in_header = True
+
+    def add(self, line: str) -> None:
+        match = _LOG_LINE.match(line.rstrip("\r\n"))
+        level, message = match.groups() if match else ("info", line.rstrip("\r\n"))
+        if level in ("panic", "fatal", "error"):
+            self.errors.append(message)
+        elif level == "warning":
+            self.estimated |= "Estimating duration from bitrate" in message
+        elif self.in_header:
+            if message.startswith(("Stream mapping:", "Output #")):
+                self.in_header = False
+            elif self.duration is None and (d := _DURATION.match(message)):
+                hours, minutes, seconds = d.groups()
+                self.duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            elif stream := _STREAM.match(message):
+                self.has_audio |= stream.group(1) == "Audio"
+                self.video |= stream.group(1) == "Video" and "(attached pic)" not in message
+
+    def check_complete(self, name: str, samples: int, sample_rate: int) -> None:
+        """Raise AudioError when clearly fewer samples came out than an audio file's header declares."""
+        if self.duration is None or self.estimated or self.video:
+            return
+        got = samples / sample_rate
+        if self.duration - got > max(TRUNCATION_TOLERANCE_S, 0.01 * self.duration):
+            why = f" ({self.errors[-1].strip()})" if self.errors else ""
+            raise AudioError(f"{name}: truncated or damaged: the header declares {self.duration:.2f} s of audio, "
+                             f"only {got:.2f} s could be decoded{why}; re-encode it (e.g. ffmpeg -i) to "
+                             "transcribe the part that is there")
+
+
+def _pump(name: str, dst, failed: list[OSError]) -> None:
+    """Forward our stdin, or the FIFO `name`, into ffmpeg's stdin, in pieces (runs in a thread)."""
     try:
-        while piece := src.read(1 << 16):
-            dst.write(piece)
-    except (BrokenPipeError, OSError, ValueError):
+        with contextlib.nullcontext(sys.stdin.buffer) if name == STDIN else open(name, "rb") as src:
+            while piece := src.read(1 << 16):
+                dst.write(piece)
+    except (BrokenPipeError, ValueError):
         pass  # ffmpeg stopped reading (it failed, or we closed it)
+    except OSError as e:
+        failed.append(e)
     finally:
         try:
             dst.close()
@@ -92,10 +153,18 @@ def _pump(src, dst) -> None:
             pass
 
 
-def _drain(src, tail: collections.deque) -> None:
-    """Keep the last lines of ffmpeg's stderr without ever letting the pipe fill up (runs in a thread)."""
+def _drain(src, log: _FfmpegLog) -> None:
+    """Read ffmpeg's stderr as it comes, so the pipe never fills up (runs in a thread)."""
     for line in iter(src.readline, b""):
-        tail.append(line.decode("utf-8", "replace"))
+        log.add(line.decode("utf-8", "replace"))
+
+
+def check_finite(samples: np.ndarray, name: str = "", offset: int = 0, sample_rate: int = SAMPLE_RATE) -> None:
+    """Raise AudioError when `samples` (starting `offset` samples into `name`) hold a NaN or an infinity."""
+    if not np.isfinite(samples).all():
+        first = offset + int(np.flatnonzero(~np.isfinite(samples))[0])
+        where = f"{name}: " if name else ""
+        raise AudioError(f"{where}audio contains NaN/Inf samples (the first at {first / sample_rate:.2f} s)")
 
 
 def stream_audio(
@@ -105,24 +174,26 @@ def stream_audio(
 
     Only one block is in memory at a time; closing the iterator early stops ffmpeg. A missing, empty or
     directory path raises AudioError here; what ffmpeg finds (no audio stream, not media) raises it on the
-    first `next()`, or at the end for a failure found late.
+    first `next()`; NaN or infinite samples at the block that holds them; a file that ends well short of
+    the duration its header declares (truncated), at the end.
     """
     return _stream(_check_path(path), block_seconds, sample_rate)
 
 
-def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.ndarray]:
+def _stream(source: tuple[str, bool], block_seconds: float, sample_rate: int) -> Iterator[np.ndarray]:
+    name, piped = source
     block_bytes = max(1, int(round(block_seconds * sample_rate))) * 4
-    stdin = sys.stdin.buffer if name == STDIN else None
     proc = subprocess.Popen(
-        _decode_command(name, sample_rate),
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        _decode_command(name, piped, sample_rate),
+        stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    tail: collections.deque[str] = collections.deque(maxlen=20)
-    threads = [threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)]
-    if stdin is not None:
-        threads.append(threading.Thread(target=_pump, args=(stdin, proc.stdin), daemon=True))
+    log = _FfmpegLog()
+    unreadable: list[OSError] = []
+    threads = [threading.Thread(target=_drain, args=(proc.stderr, log), daemon=True)]
+    if piped:
+        threads.append(threading.Thread(target=_pump, args=(name, proc.stdin, unreadable), daemon=True))
     for thread in threads:
         thread.start()
     total = 0
@@ -137,21 +208,28 @@ def _stream(name: str, block_seconds: float, sample_rate: int) -> Iterator[np.nd
                 n += more
             if not n:
                 break
-            total += n // 4
             # a short last block gets its own small buffer rather than pinning a whole block's bytes
-            yield np.frombuffer(buf if n == block_bytes else buf[: n - n % 4], dtype="<f4")
+            block = np.frombuffer(buf if n == block_bytes else buf[: n - n % 4], dtype="<f4")
+            check_finite(block, name, total, sample_rate)
+            total += len(block)
+            yield block
         proc.wait()
         threads[0].join()
+        if unreadable:
+            raise AudioError(f"{name}: cannot read: {unreadable[0].strerror or unreadable[0]}")
         if proc.returncode != 0:
-            raise AudioError(f"{name}: {_reason(''.join(tail))}")
+            raise AudioError(f"{name}: {_reason(list(log.errors))}")
         if total == 0:
             raise AudioError(f"{name}: zero-length audio (the audio stream holds no samples)")
+        log.check_complete(name, total, sample_rate)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stdout.close()
         threads[0].join(timeout=5)  # the stdin pump may sit in a read of our stdin: it is a daemon, leave it
+        if not threads[0].is_alive():
+            proc.stderr.close()
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -165,10 +243,8 @@ def audio_duration(path: str | Path) -> float | None:
     name = str(path)
     if name == STDIN or not Path(path).is_file():
         return None
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", f"file:{name}"]
-    stderr = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL).stderr.decode("utf-8", "replace")
-    match = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", stderr)
-    if match is None or not re.search(r"Stream #\S+.*: Audio:", stderr):
-        return None
-    hours, minutes, seconds = match.groups()
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "level+info", "-i", f"file:{name}"]
+    log = _FfmpegLog()
+    for line in subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL).stderr.splitlines():
+        log.add(line.decode("utf-8", "replace"))
+    return log.duration if log.has_audio else None

@@ -8,6 +8,7 @@ at most `max_duration` seconds, and a pause longer than `max_gap` always starts 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -65,10 +66,31 @@ class Transcript:
 
 @dataclass
 class SubtitleOptions:
+    """How transcripts become subtitle cues; every limit is checked here (ValueError)."""
+
     max_line_width: int = 42  # characters per line (Netflix guidance)
     max_line_count: int = 2
-    max_duration: float = 7.0  # seconds per cue
+    max_duration: float = 7.0  # seconds per cue (--max-cue-seconds), always held
     max_gap: float = 1.5  # a pause this long ends the cue
+    min_cue_seconds: float = 0.8  # a shorter cue is extended into the following pause (or merged with a neighbour)
+    max_cps: float = 20.0  # reading speed: characters per second a cue may ask of the viewer, where timing allows
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
+        for name in ("max_duration", "max_cps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)!r}")
+        if not self.max_gap >= 0:
+            raise ValueError(f"max_gap must be at least 0, not {self.max_gap!r}")
+        if not 0 <= self.min_cue_seconds <= self.max_duration:
+            raise ValueError(f"min_cue_seconds must be between 0 and max_duration ({self.max_duration}), "
+                             f"not {self.min_cue_seconds!r}")
+
+
+# a cue whose text cannot be read at max_cps by the end of the pause after it may appear this much before its speech
+LEAD_IN_SECONDS = 0.5
 
 
 @dataclass
@@ -80,6 +102,11 @@ class Cue:
     @property
     def text(self) -> str:
         return "\n".join(self.lines)
+
+    @property
+    def chars(self) -> int:
+        """Characters a viewer reads (a line break counts as the space it replaces)."""
+        return len(" ".join(self.lines))
 
 
 def layout_lines(words: list[str], width: int) -> list[str]:
@@ -93,19 +120,38 @@ def layout_lines(words: list[str], width: int) -> list[str]:
     return lines
 
 
-def balanced_lines(words: list[str], width: int) -> list[str]:
-    """The same number of lines as greedy filling, but with the longest line as short as possible."""
-    lines = layout_lines(words, width)
-    total = sum(len(w) for w in words) + len(words) - 1
-    for w in range(max(1, -(-total // max(1, len(lines)))), width):
-        candidate = layout_lines(words, w)
-        if len(candidate) == len(lines):
-            return candidate
-    return lines
+def break_lines(words: list[str], width: int) -> list[str]:
+    """`words` in as few lines of at most `width` characters as they need, broken at natural points: after
+    punctuation wherever that fits, then where the longest line is shortest (ties: shorter lines first)."""
+    count = len(layout_lines(words, width))
+    if count <= 1:
+        return [" ".join(words)] if words else []
+    n = len(words)
+    ends = [0]  # ends[j]: characters of words[:j] joined by spaces, plus one
+    for w in words:
+        ends.append(ends[-1] + len(w) + 1)
+    # best[j] for words[:j] in k lines: ((breaks not after punctuation, longest line, line lengths), breaks)
+    best: dict[int, tuple[tuple[int, int, tuple[int, ...]], tuple[int, ...]]] = {0: ((0, 0, ()), ())}
+    for _ in range(count):
+        row: dict[int, tuple[tuple[int, int, tuple[int, ...]], tuple[int, ...]]] = {}
+        for i, ((rough, longest, sizes), breaks) in best.items():
+            for j in range(i + 1, n + 1):
+                size = ends[j] - ends[i] - 1
+                if size > width and j - i > 1:
+                    break
+                cost = (rough + (i > 0 and not _CLAUSE_END.search(words[i - 1])), max(longest, size), sizes + (size,))
+                if j not in row or cost < row[j][0]:
+                    row[j] = (cost, breaks + (j,))
+        best = row
+    cuts = (0,) + best[n][1]
+    return [" ".join(words[a:b]) for a, b in zip(cuts, cuts[1:])]
 
 
 def _fits(words: list[Word], opts: SubtitleOptions) -> bool:
-    return len(layout_lines([w.text for w in words], opts.max_line_width)) <= opts.max_line_count
+    texts = [w.text for w in words]
+    # (a cue needs time to be read: never more text than max_cps allows in max_duration)
+    return (len(layout_lines(texts, opts.max_line_width)) <= opts.max_line_count
+            and (len(words) == 1 or len(" ".join(texts)) <= opts.max_cps * opts.max_duration))
 
 
 def _must_break(current: list[Word], w: Word, opts: SubtitleOptions) -> bool:
@@ -133,6 +179,48 @@ def _cue_spans(words: list[Word], opts: SubtitleOptions) -> list[list[Word]]:
     return groups
 
 
+def _merge_short(groups: list[list[Word]], opts: SubtitleOptions) -> list[list[Word]]:
+    """Join a group spoken in less than min_cue_seconds, with no pause after it long enough to extend it,
+    to the next group (else the previous one) when the two fit one cue."""
+
+    def joinable(a: list[Word], b: list[Word]) -> bool:
+        return (b[0].start - a[-1].end <= opts.max_gap and b[-1].end - a[0].start <= opts.max_duration
+                and _fits(a + b, opts))
+
+    out: list[list[Word]] = []
+    i = 0
+    while i < len(groups):
+        g = groups[i]
+        nxt = groups[i + 1] if i + 1 < len(groups) else None
+        room = (nxt[0].start if nxt else math.inf) - g[0].start
+        if g[-1].end - g[0].start < opts.min_cue_seconds and room < opts.min_cue_seconds:
+            if nxt is not None and joinable(g, nxt):
+                groups[i + 1] = g + nxt
+                i += 1
+                continue
+            if out and joinable(out[-1], g):
+                out[-1] = out[-1] + g
+                i += 1
+                continue
+        out.append(g)
+        i += 1
+    return out
+
+
+def _stretch(cues: list[Cue], opts: SubtitleOptions, duration: float | None) -> None:
+    """Give each cue at least min_cue_seconds and enough time to read it at max_cps: its end moves into the
+    pause after it (never past the next cue, the end of the audio or max_duration), and when that is not
+    enough for the reading speed, its start moves up to LEAD_IN_SECONDS into the pause before it."""
+    for i, c in enumerate(cues):
+        after = cues[i + 1].start if i + 1 < len(cues) else (duration if duration else math.inf)
+        limit = min(max(after, c.end), c.start + opts.max_duration)
+        reading = c.chars / opts.max_cps
+        c.end = max(c.end, min(c.start + max(opts.min_cue_seconds, reading), limit))
+        if c.end - c.start < reading:
+            before = cues[i - 1].end if i else 0.0
+            c.start = max(min(c.start, c.end - reading), before, c.start - LEAD_IN_SECONDS, c.end - opts.max_duration)
+
+
 def _spread_words(segment: Segment) -> list[Word]:
     """Words with times spread by length over the segment, for segments that came without word times."""
     texts = segment.text.split()
@@ -145,18 +233,23 @@ def _spread_words(segment: Segment) -> list[Word]:
     return out
 
 
-def make_cues(segments: list[Segment], options: SubtitleOptions | None = None) -> list[Cue]:
-    """Subtitle cues from timed segments: line limits held, times increasing and never overlapping."""
+def make_cues(segments: list[Segment], options: SubtitleOptions | None = None,
+              duration: float | None = None) -> list[Cue]:
+    """Subtitle cues from timed segments (`duration`: of the audio, when known, the latest a cue may end).
+
+    Line limits and max_duration are always held, times increase and never overlap; min_cue_seconds and
+    max_cps are met where the pauses around a cue leave the time.
+    """
     opts = options or SubtitleOptions()
-    cues: list[Cue] = []
+    groups = []
     for seg in segments:
-        words = [w for w in (seg.words or _spread_words(seg)) if w.text.strip()]
-        for group in _cue_spans(words, opts):
-            lines = balanced_lines([w.text for w in group], opts.max_line_width)
-            start, end = group[0].start, group[-1].end
-            if cues:
-                start = max(start, cues[-1].end)
-            cues.append(Cue(start, max(end, start + 0.001), lines))
+        groups += _cue_spans([w for w in (seg.words or _spread_words(seg)) if w.text.strip()], opts)
+    cues: list[Cue] = []
+    for group in _merge_short(groups, opts):
+        start = max(group[0].start, cues[-1].end if cues else 0.0)
+        end = min(max(group[-1].end, start + 0.001), start + opts.max_duration)
+        cues.append(Cue(start, end, break_lines([w.text for w in group], opts.max_line_width)))
+    _stretch(cues, opts, duration)
     return cues
 
 
@@ -176,21 +269,37 @@ def _subtitle_file(cues: list[Cue]) -> pysubs2.SSAFile:
     return subs
 
 
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (which JSON cannot hold) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+# no speech: one empty, zero-length cue, the least that tools which detect the format (pysubs2, editors) read as
+# SRT; a 0-byte file is not recognised; players and ffmpeg show and keep nothing of it
+EMPTY_SRT = "1\n00:00:00,000 --> 00:00:00,000\n\n"
+
+
 def format_transcript(transcript: Transcript, fmt: str, options: SubtitleOptions | None = None) -> str:
     """The text of `transcript` in one of FORMATS."""
     if fmt == "txt":
         return "".join(s.text + "\n" for s in transcript.segments)
     if fmt in ("srt", "vtt"):
-        cues = make_cues(transcript.segments, options)
+        cues = make_cues(transcript.segments, options, transcript.duration or None)
         if not cues:
-            return "WEBVTT\n\n" if fmt == "vtt" else ""
+            return "WEBVTT\n\n" if fmt == "vtt" else EMPTY_SRT
         return _subtitle_file(cues).to_string(fmt)
     if fmt == "tsv":
         rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.replace(chr(9), ' ')}\n"
                 for s in transcript.segments]
         return "start\tend\ttext\n" + "".join(rows)
     if fmt == "json":
-        return json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2) + "\n"
+        return json.dumps(_finite(transcript.to_dict()), ensure_ascii=False, indent=2, allow_nan=False) + "\n"
     raise ValueError(f"unknown output format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 

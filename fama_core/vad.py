@@ -10,6 +10,7 @@ stands in: fine for clean recordings, easily fooled by music or loud noise.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import warnings
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio import check_finite
+
+log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 WINDOW = 512  # 32 ms: the window Silero VAD is trained on at 16 kHz
 CONTEXT = 64  # samples of the previous window Silero prepends to each window
@@ -148,11 +152,17 @@ class _Silero:
         h, c = self.h, self.c
         for t in range(len(gates)):
             z = gates[t] + h @ self.w_hh  # input, forget, cell and output gates, PyTorch's order
-            c = c / (1 + np.exp(-z[128:256])) + np.tanh(z[256:384]) / (1 + np.exp(-z[:128]))
-            h = np.tanh(c) / (1 + np.exp(-z[384:]))
+            c = c * _sigmoid(z[128:256]) + np.tanh(z[256:384]) * _sigmoid(z[:128])
+            h = np.tanh(c) * _sigmoid(z[384:])
             hidden[t] = h
         self.h, self.c = h, c
-        return 1 / (1 + np.exp(-(np.maximum(hidden, 0) @ self.w_out + self.b_out)))
+        return _sigmoid(np.maximum(hidden, 0) @ self.w_out + self.b_out)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp(-x) overflows float32 below x = -88 (loud or clipped input drives the gates there); the sigmoid
+    # of -80 is already 2e-35, so clamping changes nothing else
+    return 1 / (1 + np.exp(-np.maximum(x, np.float32(-80))))
 
 
 class _Energy:
@@ -172,11 +182,18 @@ class _Energy:
         return probs
 
 
+@cache
+def _note_fallback() -> None:
+    """Once per process, through logging: one stderr line by default; silenced by raising the `fama_core`
+    logger's level (what `-q` is for)."""
+    log.warning("note: silero-vad is not installed: using the energy VAD fallback (pip install silero-vad)")
+
+
 def _backend(options: VadOptions):
     if options.backend == "silero":
         if silero_available():
             return _Silero()
-        warnings.warn("silero-vad is not installed: using the energy VAD fallback", stacklevel=3)
+        _note_fallback()
     return _Energy()
 
 
@@ -317,6 +334,7 @@ def iter_speech_chunks(blocks: Iterable[np.ndarray], options: VadOptions | None 
     waiting = 0  # samples in pending
     for block in blocks:
         pending.append(np.asarray(block, dtype=np.float32).reshape(-1))
+        check_finite(pending[-1], offset=buf_start + len(buf) + waiting)
         waiting += len(pending[-1])
         if buf_start + len(buf) + waiting - done < MIN_BATCH * WINDOW:
             continue

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -167,3 +170,119 @@ def test_shared_real_media() -> None:
     leopard = load_audio(media / "leopard_it.wav")  # 16 kHz mono 16-bit: exact samples
     assert len(leopard) == 88704
     assert np.allclose(leopard * 32768, np.round(leopard * 32768), atol=1e-3)
+
+
+# --------------------------------------------------------------------------- samples that are not numbers
+
+
+def float_wav(path: Path, frames: np.ndarray, rate: int) -> Path:
+    """A 32-bit IEEE-float WAV of `frames` ([n] or [n, channels]), written byte by byte: values kept exactly."""
+    frames = frames.reshape(len(frames), -1)
+    data = frames.astype("<f4").tobytes()
+    channels = frames.shape[1]
+    fmt = struct.pack("<HHIIHH", 3, channels, rate, rate * channels * 4, channels * 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, rate, channels, at, value, first",
+    [
+        ("one-nan", SR, 1, 0.5, np.nan, "0.50"),
+        ("all-nan", SR, 1, None, np.nan, "0.00"),
+        ("inf", SR, 1, 1.75, np.inf, "1.75"),
+        ("minus-inf-44k-stereo", 44100, 2, 1.0, -np.inf, None),  # resampled: the NaN spreads over a few samples
+    ],
+)
+def test_non_finite_samples_are_a_clear_error(tmp_path, case, rate, channels, at, value, first) -> None:
+    rng = np.random.default_rng(0)
+    frames = (0.1 * rng.standard_normal((2 * rate, channels))).astype(np.float32)
+    path = float_wav(tmp_path / f"{case}.wav", frames, rate)
+    if rate == SR:  # the finite file comes back exactly: the test file is what it claims to be
+        np.testing.assert_array_equal(load_audio(path), frames[:, 0])
+    if at is None:
+        frames[:] = value
+    else:
+        frames[int(at * rate), -1] = value
+    float_wav(path, frames, rate)
+    when = re.escape(first) if first else r"0\.99|1\.00"
+    pattern = rf"^{re.escape(str(path))}: audio contains NaN/Inf samples \(the first at ({when}) s\)$"
+    with pytest.raises(AudioError, match=pattern):
+        load_audio(path)
+    blocks = stream_audio(path, block_seconds=0.25)
+    with pytest.raises(AudioError, match=pattern):
+        for _ in blocks:
+            pass
+    ordinary = float_wav(tmp_path / "ok.wav", np.clip(np.nan_to_num(frames, posinf=1, neginf=-1), -1, 1), rate)
+    assert np.isfinite(load_audio(ordinary)).all()
+
+
+# --------------------------------------------------------------------------- truncated files, FIFOs
+
+
+@pytest.mark.parametrize("name, args", [("tone.mp3", ["-c:a", "libmp3lame"]), ("tone.flac", [])])
+def test_truncated_file_is_a_clear_error(tmp_path, name, args) -> None:
+    whole = make_media(tmp_path / name, *args, seconds=6.0)
+    assert abs(len(load_audio(whole)) - 6 * SR) <= 5 * SR // 1000  # complete: no false alarm
+    data = whole.read_bytes()
+    cut = tmp_path / f"half-{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    pattern = (rf"^{re.escape(str(cut))}: truncated or damaged: the header declares 6\.00 s of audio, only "
+               r"(\d\.\d\d) s could be decoded( \([^)]*\))?; re-encode it \(e\.g\. ffmpeg -i\) to transcribe the part "
+               r"that is there$")
+    with pytest.raises(AudioError, match=pattern) as excinfo:
+        load_audio(cut)
+    decoded = float(re.match(pattern, str(excinfo.value)).group(1))
+    assert 2.5 < decoded < 3.5
+    # what is there streams out first; the error comes when the stream ends short
+    blocks = stream_audio(cut, block_seconds=1.0)
+    assert len(next(blocks)) == SR
+    with pytest.raises(AudioError, match="truncated or damaged"):
+        list(blocks)
+
+
+def test_video_longer_than_its_audio_is_not_truncated(tmp_path) -> None:
+    # the container's duration is the video's: audio that ends earlier is no sign of damage
+    path = make_media(tmp_path / "talk.mkv", "-c:v", "mpeg4", "-c:a", "flac", "-t", "6", video=True, seconds=3.0)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "color=c=blue:s=64x64:r=10:d=6", "-f", "lavfi", "-i", f"aevalsrc=exprs={TONE}:s=16000:d=3",
+                    "-c:v", "mpeg4", "-c:a", "flac", str(path)], check=True, stdin=subprocess.DEVNULL)
+    assert audio_duration(path) == pytest.approx(6.0, abs=0.15)
+    assert abs(len(load_audio(path)) - 3 * SR) <= SR // 100
+
+
+def _feed(fifo: Path, data: bytes) -> threading.Thread:
+    def write() -> None:
+        with open(fifo, "wb") as f:  # blocks until the reader opens the FIFO
+            f.write(data)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_fifo_is_read_as_a_stream(tmp_path) -> None:
+    source = make_media(tmp_path / "tone.wav", seconds=2.0)
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    assert fifo.stat().st_size == 0
+    writer = _feed(fifo, source.read_bytes())
+    np.testing.assert_array_equal(load_audio(fifo), load_audio(source))
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+
+
+def test_process_substitution_path(tmp_path) -> None:
+    source = make_media(tmp_path / "tone.flac", seconds=2.0)
+    code = "import sys; from fama_core.audio import load_audio; print(len(load_audio(sys.argv[1])))"
+    script = f'"{sys.executable}" -c "{code}" <(cat "{source}")'
+    out = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == 2 * SR
+
+
+def test_unstatable_path_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / ("x" * 300 + ".wav")
+    with pytest.raises(AudioError, match=rf"^{re.escape(str(path))}: cannot read: File name too long$"):
+        load_audio(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
 import sys
 import wave
 from collections.abc import Iterator
@@ -12,10 +14,10 @@ import pytest
 import torch
 
 from fama_core import vad
-from fama_core.audio import load_audio, stream_audio
+from fama_core.audio import AudioError, load_audio, stream_audio
 from fama_core.vad import SpeechChunk, VadOptions, iter_speech_chunks, speech_chunks
 
-from conftest import require_shared
+from conftest import ROOT, require_shared
 
 SR = 16000
 needs_silero = pytest.mark.skipif(not vad.silero_available(), reason="silero-vad is not installed")
@@ -144,12 +146,28 @@ def test_block_sizes_do_not_matter(fake_vad) -> None:
             np.testing.assert_array_equal(a.audio, b.audio)
 
 
-def test_energy_fallback_without_silero(monkeypatch) -> None:
+@pytest.mark.filterwarnings("error")
+def test_energy_fallback_without_silero_is_one_logged_note(monkeypatch, caplog) -> None:
     monkeypatch.setattr(vad, "silero_available", lambda: False)
+    vad._note_fallback.cache_clear()
     audio, speech = synth([(2.0, False), (3.0, True), (2.0, False)])
-    with pytest.warns(UserWarning, match="energy VAD fallback"):
+    with caplog.at_level(logging.WARNING, logger="fama_core"):
         chunks = speech_chunks(audio)
+        assert speech_chunks(audio[: 4 * SR])  # a second file: no second note
     assert len(chunks) == 1 and chunks[0].start <= speech[0][0] and chunks[0].end >= speech[0][1]
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("fama_core.vad", "note: silero-vad is not installed: using the energy VAD fallback (pip install silero-vad)")]
+
+
+def test_energy_fallback_note_is_one_stderr_line_and_silenced_with_the_logger(tmp_path) -> None:
+    code = ("import logging, sys, numpy as np; from fama_core import vad; vad.silero_available = lambda: False\n"
+            "if sys.argv[1] == 'quiet': logging.getLogger('fama_core').setLevel(logging.ERROR)\n"
+            "for _ in range(3): vad.speech_chunks(np.zeros(16000, np.float32))\n")
+    for mode, expected in (("loud", "note: silero-vad is not installed: using the energy VAD fallback (pip install "
+                                    "silero-vad)\n"), ("quiet", "")):
+        out = subprocess.run([sys.executable, "-W", "error", "-c", code, mode], capture_output=True, text=True,
+                             cwd=ROOT, check=True)
+        assert out.stderr == expected and out.stdout == ""
 
 
 def test_options_are_validated() -> None:
@@ -179,6 +197,32 @@ def test_silero_probabilities_match_the_packaged_model() -> None:
     assert np.abs(ours - reference).max() < 1e-4
     assert np.abs(streamed - reference).max() < 1e-4
     assert reference.max() > 0.9 and reference.min() < 0.1
+
+
+@needs_silero
+@pytest.mark.filterwarnings("error")
+def test_loud_input_overflows_nothing() -> None:
+    # samples far outside [-1, 1] drive the LSTM gates below -88, where float32 exp(-x) overflows
+    loud = (100 * np.random.default_rng(0).standard_normal(160 * 512)).astype(np.float32)
+    windows = loud.reshape(-1, 512)
+    probs = vad._Silero()(windows)
+    assert probs.dtype == np.float32 and np.isfinite(probs).all() and probs.max() < 0.5
+    assert speech_chunks(loud) == []
+
+
+def test_sigmoid_is_exact_where_it_does_not_overflow() -> None:
+    x = np.linspace(-80, 80, 100001, dtype=np.float32)
+    np.testing.assert_array_equal(vad._sigmoid(x), 1 / (1 + np.exp(-x)))
+    with np.errstate(over="raise"):
+        assert vad._sigmoid(np.array([-1e4, -89.0, 1e4], dtype=np.float32)).tolist() == pytest.approx([0, 0, 1])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_raise_audio_error(fake_vad, bad) -> None:
+    audio, _ = synth([(2.0, False), (3.0, True), (2.0, False)])
+    audio[int(2.5 * SR)] = bad
+    with pytest.raises(AudioError, match=r"^audio contains NaN/Inf samples \(the first at 2\.50 s\)$"):
+        list(iter_speech_chunks(blocks_of(audio, [SR // 3, 7 * SR // 5])))
 
 
 @needs_silero
