@@ -242,8 +242,8 @@ class RayExecutor:
         object store, so workers need neither the model files nor a download). `address`: see `connect`;
         `device`, `actors`, `threads`: see `RayResources.plan`; `rows_per_call`: chunks handed to one replica
         call, sorted by length there and decoded in batches of at most `options.batch_size`. Default: two
-        batches on a GPU; a quarter batch on a CPU, where a call of 4 chunks is already minutes of matrix
-        products at one thread and smaller calls spread the work evenly over the replicas."""
+        batches on a GPU; a quarter batch on a CPU, where a call of 4 chunks of FAMA-small is already tens of
+        seconds at one thread, and smaller calls spread the work evenly over the replicas."""
         self.pipeline = pipeline
         self.ray = connect(address)
         self.resources = RayResources.plan(self.ray.cluster_resources(), device, actors, threads)
