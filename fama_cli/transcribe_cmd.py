@@ -64,6 +64,10 @@ ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing 
                                                 show_default=False)]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
+                                      "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
+                                                   "or ray://HOST:PORT")]
 
 LANGUAGES = ("en", "it")
 
@@ -193,10 +197,32 @@ def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool
     return _usage(Pipeline, loaded, tokenizer, options, model_name=model, devices=devices)
 
 
-def _results(pipeline: Pipeline, plan: OutputPlan,
-             progress: Callable[[RunProgress], None] | None) -> Iterator[FileResult]:
-    """Every input's FileResult: the one place results come from (another executor can replace it)."""
-    return pipeline.run(plan.todo, progress=progress)
+@dataclass
+class _Ray:
+    address: str | None  # None: $RAY_ADDRESS, else a new local Ray
+    device: str | None  # the replicas' device
+
+
+def _results(pipeline: Pipeline, plan: OutputPlan, progress: Callable[[RunProgress], None] | None,
+             ray: _Ray | None = None) -> Iterator[FileResult]:
+    """Every input's FileResult: the one place results come from (this process's pipeline, or Ray)."""
+    if ray is None:
+        return pipeline.run(plan.todo, progress=progress)
+    from fama_core.cluster import RayExecutor
+    from fama_core.pipeline import RunProgress
+
+    try:
+        executor = RayExecutor(pipeline, ray.address, ray.device)
+    except ConnectionError as e:  # no cluster at that address
+        raise fail(escape(f"cannot join Ray: {e}")) from None
+    state = RunProgress(files=len(plan.todo))
+
+    def advance(seconds: float) -> None:
+        state.speech_done += seconds
+        if progress:
+            progress(state)
+
+    return executor.run(plan.todo, progress=advance)
 
 
 class _Progress:
@@ -267,7 +293,7 @@ def _summary(who: str, tally: _Tally, wall: float, plan: OutputPlan) -> None:
 
 
 def _execute(plan: OutputPlan, who: str, make_pipeline: Callable[[], Pipeline], subs: SubtitleOptions,
-             quiet: bool) -> None:
+             quiet: bool, ray: _Ray | None = None) -> None:
     """Transcribe what the plan says, report each failure on one line, then the summary; exit 1 on failures,
     130 on Ctrl-C (after an `interrupted` line and the summary)."""
     tally, started = _Tally(skipped=len(plan.skipped)), time.perf_counter()
@@ -281,7 +307,7 @@ def _execute(plan: OutputPlan, who: str, make_pipeline: Callable[[], Pipeline], 
             bar = _Progress(f"{who}{pipeline.options.task}", len(plan.todo),
                             not quiet and err.is_terminal and not plan.to_stdout)
             try:
-                for res in _results(pipeline, plan, bar if bar.bar is not None else None):
+                for res in _results(pipeline, plan, bar if bar.bar is not None else None, ray):
                     tally.seconds += res.seconds
                     error = _deliver(res, plan, subs, quiet)
                     if error is None:
@@ -305,15 +331,24 @@ def _execute(plan: OutputPlan, who: str, make_pipeline: Callable[[], Pipeline], 
 def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
           recursive: bool, skip_existing: bool, overwrite: bool, options: TranscribeOptions,
           subs: SubtitleOptions, model: str, device: str | None, dtype: str, local_files_only: bool,
-          threads: int | None, quiet: bool) -> None:
+          threads: int | None, quiet: bool, ray: bool = False, ray_address: str | None = None) -> None:
     """Everything that can be checked is checked before the model is loaded; then the run."""
     _set_threads(threads)
+    on_ray = _Ray(ray_address, device) if ray or ray_address is not None else None
+    if on_ray:
+        from fama_core.cluster import RayUnavailable, require_ray
+
+        try:
+            require_ray()
+        except RayUnavailable as e:
+            raise fail(escape(str(e))) from None
+        device = "cpu"  # the driver's copy; the replicas' device is --device
     try:
         plan, who = _plan(inputs, recursive, output_dir, formats, skip_existing, overwrite)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False, highlight=False)
         raise typer.Exit(130) from None
-    _execute(plan, who, lambda: _pipeline(model, device, dtype, local_files_only, options), subs, quiet)
+    _execute(plan, who, lambda: _pipeline(model, device, dtype, local_files_only, options), subs, quiet, on_ray)
 
 
 def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
@@ -359,6 +394,8 @@ def transcribe(
     threads: ThreadsOpt = None,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
@@ -380,7 +417,8 @@ def transcribe(
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
                                                   max_cps),
-          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet)
+          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
+          ray=ray, ray_address=ray_address)
 
 
 def _target(to: str, spoken: str) -> str:
@@ -425,6 +463,8 @@ def translate(
     threads: ThreadsOpt = None,
     local_files_only: LocalFilesOnlyOpt = False,
     quiet: QuietOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
@@ -436,4 +476,5 @@ def translate(
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
                                                   max_cps),
-          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet)
+          model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
+          ray=ray, ray_address=ray_address)

@@ -1,0 +1,155 @@
+"""`--ray` on one machine: a local Ray with 1 and 2 decoding actors against the plain single-process run.
+
+    python benchmarks/ray_bench.py                 # waits for an idle machine, then 10 min of audio, 2 repeats
+    python benchmarks/ray_bench.py --quick         # functional run: 2 min of audio, tiny model, no waiting
+
+Audio: the speech recordings of ../shared/data/media joined with 1.5 s pauses (~80 s), looped into `--files`
+files of `--minutes` in total (flac), --lang en. Model (`--model`):
+- `small` (default): a random-weight model of the `small` preset's shape (410 M parameters, fp32; the tiny
+  fixture's 256-token vocabulary), greedy CTC decoding, as in transcribe_bench.py: the model's time is that
+  of FAMA-small's encoder, so the share of reading, VAD and Ray's own work is realistic. About 1.7 GB per copy:
+  this process, Ray's object store and each actor hold one (~7 GB in all).
+- `tiny`: tests/fixtures/tiny_trained with beam 5, as the CLI runs it. Its decoding is so cheap (~60x real
+  time on one thread) that ffmpeg and VAD take ~20-40 % of the work: the actors' speed-up is capped by them.
+
+Configurations, interleaved in every repeat so that each sees the same load:
+- plain: `Pipeline.run` in this process, torch on 2 threads (what `fama transcribe` does on this machine);
+- ray 1x2: `RayExecutor` with one actor of 2 threads (the whole machine, as plain);
+- ray 1x1 and ray 2x1: one and two actors of 1 thread each.
+Every Ray run is a new Ray Data job (new actors, model shipped through the object store, reading tasks), as one
+`fama transcribe --ray` is; `ray.init` is timed once, apart. Each configuration's transcripts are checked to
+equal plain's. Printed: medians, then the two target ratios:
+- `ray(1 actor)/plain time`: Ray's overhead, target <= 1.15;
+- `speed-up of 2 vs 1 one-thread actors`: target >= 1.6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FAMA_SHARED_DIR", ROOT.parent / "shared"))
+MODEL = ROOT / "tests" / "fixtures" / "tiny_trained"
+SPEECH = ["jfk.flac", "cheetah_en.wav", "cheetah_it.wav", "cheetah_it_numbers.wav", "leopard_en.wav",
+          "leopard_it.wav", "librivox_0870.wav", "librivox_0880.wav", "librivox_0890.wav", "multilingual.mp3",
+          "stereo_diarization.wav"]
+
+
+def ffmpeg(*args: str) -> None:
+    from fama_core.audio import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_audio(folder: Path, minutes: float, files: int) -> list[Path]:
+    inputs, filters = [], []
+    for i, clip in enumerate(SPEECH):
+        inputs += ["-i", str(SHARED / "data" / "media" / clip)]
+        filters.append(f"[{i}:a]aformat=sample_rates=16000:channel_layouts=mono,apad=pad_dur=1.5[a{i}]")
+    concat = "".join(f"[a{i}]" for i in range(len(SPEECH))) + f"concat=n={len(SPEECH)}:v=0:a=1[out]"
+    base = folder / "base.wav"
+    ffmpeg(*inputs, "-filter_complex", ";".join(filters + [concat]), "-map", "[out]", str(base))
+    seconds = minutes * 60 / files
+    paths = []
+    for k in range(files):  # each file starts at another point of the loop: not 10 copies of one decode
+        path = folder / f"talk{k:02d}.flac"
+        ffmpeg("-stream_loop", "-1", "-ss", str(7.3 * k), "-i", str(base), "-t", f"{seconds:.2f}", "-c:a", "flac",
+               str(path))
+        paths.append(path)
+    return paths
+
+
+def wait_for_idle(max_load: float, timeout: float) -> None:
+    """Until the 1-minute load average is under `max_load` (or `timeout` seconds passed)."""
+    start = time.time()
+    while (load := os.getloadavg()[0]) > max_load and time.time() - start < timeout:
+        print(f"waiting for an idle machine: load {load:.2f} > {max_load}", file=sys.stderr, flush=True)
+        time.sleep(30)
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0, help="audio in total (at least 10 for the figures)")
+    ap.add_argument("--files", type=int, default=12)
+    ap.add_argument("--model", choices=("small", "tiny"), default="small")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="~2 min of audio, 1 repeat, no waiting: a functional run")
+    ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    ap.add_argument("--max-load", type=float, default=0.6)
+    args = ap.parse_args()
+    if args.quick:
+        args.minutes, args.files, args.repeats, args.no_wait, args.model = 2.0, 4, 1, True, "tiny"
+    sys.path.insert(0, str(ROOT))
+    import ray
+    import torch
+
+    from fama_core.checkpoints import load_model
+    from fama_core.cluster import RUNTIME_ENV, RayExecutor
+    from fama_core.config import preset
+    from fama_core.decoding import DecodeOptions
+    from fama_core.inputs import InputFile
+    from fama_core.model import FamaModel
+    from fama_core.pipeline import Pipeline, TranscribeOptions
+    from fama_core.subtitles import format_transcript
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_audio(Path(tmp), args.minutes, args.files)
+        items = [InputFile(str(p)) for p in paths]
+        if not args.no_wait:
+            wait_for_idle(args.max_load, 3600)
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
+        print(f"ray.init: {time.perf_counter() - t0:.1f} s (once per job; not in the times below)", flush=True)
+        torch.set_num_threads(2)
+        model, tokenizer = load_model(str(MODEL), device="cpu")
+        options = TranscribeOptions(language="en")
+        if args.model == "small":
+            torch.manual_seed(0)
+            model = FamaModel(preset("small", vocab_size=tokenizer.vocab_size,
+                                     src_vocab_size=tokenizer.vocab_size)).eval()
+            options.decode = DecodeOptions(greedy=True)
+        pipeline = Pipeline(model, tokenizer, options, args.model)
+        print(f"model {args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, "
+              f"{'greedy' if options.decode.greedy else f'beam {options.decode.beam_size}'}; "
+              f"{len(items)} files, {args.minutes} min of audio", flush=True)
+
+        def plain() -> list:
+            return list(pipeline.run(items))
+
+        def on_ray(actors: int, threads: int):
+            return lambda: list(RayExecutor(pipeline, actors=actors, threads=threads).run(items))
+
+        configs = {"plain": plain, "ray 1x2": on_ray(1, 2), "ray 1x1": on_ray(1, 1), "ray 2x1": on_ray(2, 1)}
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        reference = None
+        for repeat in range(args.repeats):
+            for name, fn in configs.items():
+                start = time.perf_counter()
+                results = fn()
+                wall = time.perf_counter() - start
+                times[name].append(wall)
+                got = {r.item.path: (r.error, r.transcript and format_transcript(r.transcript, "json"))
+                       for r in results}
+                reference = reference or got
+                audio = sum(r.seconds for r in results)
+                print(f"repeat {repeat + 1} {name}: {wall:.1f} s, {audio / 60:.1f} min audio, "
+                      f"{audio / wall:.1f} audio-s/s, transcripts {'= plain' if got == reference else 'DIFFER'}",
+                      flush=True)
+        ray.shutdown()
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    print(f"medians over {args.repeats} repeats (s): " + ", ".join(f"{n} {t:.1f}" for n, t in med.items()))
+    print(f"load average at end: {os.getloadavg()}")
+    print(f"ray(1 actor)/plain time: {med['ray 1x2'] / med['plain']:.2f}x (target <= 1.15)")
+    print(f"speed-up of 2 vs 1 one-thread actors: {med['ray 1x1'] / med['ray 2x1']:.2f}x (target >= 1.6)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""`--ray` (fama_core.cluster) on a local Ray with 2 CPUs, against the plain single-process run.
+
+One Ray instance for the module (start-up costs seconds). The model is tests/fixtures/tiny_trained, the media
+../shared/data/media plus broken files made here. Outputs must be byte-identical to the plain run: the same
+chunks are decoded by the same `decode_chunks`, only on other processes and in other batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fama_cli.main import app
+from fama_core.cluster import RAY_MISSING, RUNTIME_ENV, RayResources
+
+from conftest import ROOT, require_shared
+
+MODEL = ROOT / "tests" / "fixtures" / "tiny_trained"
+CLIPS = ROOT / "tests" / "fixtures" / "tiny_trained" / "clips"
+COMMON = ["--model", str(MODEL), "--device", "cpu", "--quiet"]
+
+
+def run(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.stderr
+
+
+def failures(stderr: str) -> list[str]:
+    return sorted(line for line in stderr.splitlines() if line.startswith("failed:"))
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ray():
+    if os.environ.get("CI", "").lower() != "true":
+        pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[Path]:
+    """The shared media, a 0-byte .wav, a text file named .wav and a path that does not exist."""
+    media = require_shared("data", "media")
+    bad = tmp_path_factory.mktemp("bad")
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "notes.wav").write_text("this is not audio\n")
+    found = sorted(p for p in media.iterdir() if p.suffix in (".wav", ".flac", ".mp3"))
+    return found + [bad / "empty.wav", bad / "notes.wav", bad / "missing.wav"]
+
+
+@pytest.fixture(scope="module")
+def plain(inputs, tmp_path_factory) -> tuple[Path, int, list[str]]:
+    out = tmp_path_factory.mktemp("plain")
+    code, err = run("transcribe", *inputs, "--lang", "en", "-o", out, "-f", "all", *COMMON)
+    return out, code, failures(err)
+
+
+def test_ray_run_matches_plain_run(ray, inputs, plain, tmp_path):
+    plain_out, plain_code, plain_failed = plain
+    code, err = run("transcribe", *inputs, "--lang", "en", "-o", tmp_path, "-f", "all", *COMMON, "--ray")
+    assert (code, plain_code) == (1, 1)
+    assert failures(err) == plain_failed and len(plain_failed) == 3, err
+    assert [line.split(": ", 2)[2] for line in plain_failed] == [
+        "empty file (0 bytes)", "no such file", "not a media file ffmpeg can decode"]
+    got, want = tree(tmp_path), tree(plain_out)
+    assert len(want) == 5 * (len(inputs) - 3)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == want[name], name
+
+
+def test_skip_existing_under_ray(ray, inputs, plain, tmp_path):
+    plain_out = plain[0]
+    good = [p for p in inputs if (plain_out / f"{p.stem}.json").exists()][:3]
+    for ext in ("txt", "srt"):  # the first input is complete, the second half done, the third not started
+        (tmp_path / f"{good[0].stem}.{ext}").write_bytes((plain_out / f"{good[0].stem}.{ext}").read_bytes())
+    (tmp_path / f"{good[1].stem}.txt").write_bytes((plain_out / f"{good[1].stem}.txt").read_bytes())
+    before = (tmp_path / f"{good[0].stem}.txt").stat().st_mtime_ns
+    args = ["transcribe", *good, "--lang", "en", "-o", tmp_path, "--txt", "--srt", "--model", str(MODEL),
+            "--device", "cpu", "--ray"]
+    code, err = run(*args, "--skip-existing")
+    assert code == 0 and "2 done, 1 skipped, 0 failed" in err, err
+    assert (tmp_path / f"{good[0].stem}.txt").stat().st_mtime_ns == before
+    assert tree(tmp_path) == {n: b for n, b in tree(plain_out).items()
+                              if n in {f"{p.stem}.{e}" for p in good for e in ("txt", "srt")}}
+    code, err = run(*args)  # without --skip-existing or --overwrite: every input refused, nothing replaced
+    assert code == 1 and len(failures(err)) == 3 and "output exists" in err
+
+
+def _decoder_pids() -> set[int]:
+    """Processes of the decoding actors (Ray names them after the map_batches class)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ChunkDecoder" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_killed_actor_is_restarted_and_outputs_are_identical(ray, inputs):
+    """SIGKILL the decoding actor as soon as its first chunks are back: Ray restarts it, retries its batches,
+    and every file still comes back once, identical to the plain run (one file per input, none twice)."""
+    from fama_core.checkpoints import load_model
+    from fama_core.cluster import RayExecutor
+    from fama_core.inputs import InputFile
+    from fama_core.pipeline import Pipeline, TranscribeOptions
+    from fama_core.subtitles import format_transcript
+
+    model, tokenizer = load_model(str(MODEL), device="cpu")
+    pipeline = Pipeline(model, tokenizer, TranscribeOptions(language="en"), "tiny")
+    items = [InputFile(str(p)) for p in inputs]
+    want = {r.item.path: (r.error, r.transcript and format_transcript(r.transcript, "json"))
+            for r in pipeline.run(items)}
+    killed: list[int] = []
+
+    def kill_once(seconds: float) -> None:
+        if not killed:
+            for pid in _decoder_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    executor = RayExecutor(pipeline, actors=1, threads=1, rows_per_call=2)
+    got = [(r.item.path, r.error, r.transcript and format_transcript(r.transcript, "json"))
+           for r in executor.run(items, progress=kill_once)]
+    assert killed, "no decoding actor process was found to kill"
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() and b"ChunkDecoder" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                   for pid in killed)
+    assert sorted(p for p, _, _ in got) == sorted(want)  # every file exactly once
+    assert {p: (e, t) for p, e, t in got} == want
+
+
+def test_ray_data_class_in_a_three_line_pipeline(ray):
+    """FamaTranscriber as users compose it: rows of paths or bytes in, text/segments/language/error out."""
+    from fama_core import transcribe
+    from fama_core.cluster import FamaTranscriber
+
+    clips = json.loads((CLIPS / "clips.json").read_text(encoding="utf-8"))
+    rows = [{"path": str(CLIPS / f"{c['id']}.wav"), "bytes": (CLIPS / f"{c['id']}.wav").read_bytes(),
+             "language": c["lang"]} for c in clips]
+    rows.append({"path": "notes.wav", "bytes": b"this is not audio\n", "language": "en"})
+    url = (CLIPS / "it_bread.wav").as_uri()  # file:// is read like s3:// or gs://, through pyarrow's file systems
+    rows.append({"path": url, "bytes": None, "language": "it"})
+
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(FamaTranscriber, fn_constructor_kwargs={"model": str(MODEL), "device": "cpu"},
+                        compute=ray.data.ActorPoolStrategy(size=1), batch_size=8)
+    out = {r["path"]: r for r in ds.take_all()}
+
+    assert set(out) == {r["path"] for r in rows}
+    assert "bytes" not in out["notes.wav"]
+    assert out["notes.wav"]["error"] == "not a media file ffmpeg can decode"
+    assert (out["notes.wav"]["text"], out["notes.wav"]["segments"]) == ("", "[]")
+    for c in clips:
+        r = out[str(CLIPS / f"{c['id']}.wav")]
+        t = transcribe(CLIPS / f"{c['id']}.wav", model=str(MODEL), language=c["lang"], device="cpu")
+        assert r["error"] == "" and r["language"] == c["lang"]
+        assert r["text"] == t.text and json.loads(r["segments"]) == t.to_dict()["segments"]
+        assert r["duration"] == pytest.approx(t.duration)
+    assert out[str(CLIPS / "en_cats.wav")]["text"] == "There are twelve cats on the table."
+    assert {k: v for k, v in out[url].items() if k != "path"} == {
+        k: v for k, v in out[str(CLIPS / "it_bread.wav")].items() if k not in ("path", "bytes")}
+
+
+@pytest.mark.slow
+def test_ray_lang_auto_and_translate_match_plain(ray, tmp_path):
+    """--lang auto (a language-scoring pass, then decoding) and translation, against the plain run."""
+    clips = sorted(CLIPS.glob("*.wav"))
+    for task, lang in (("transcribe", ["--lang", "auto"]), ("translate", ["--to", "en"])):
+        plain, on_ray = tmp_path / f"{task}-plain", tmp_path / f"{task}-ray"
+        assert run(task, *clips, *lang, "-o", plain, "-f", "json", *COMMON)[0] == 0
+        assert run(task, *clips, *lang, "-o", on_ray, "-f", "json", *COMMON, "--ray")[0] == 0
+        assert tree(on_ray) == tree(plain)
+
+
+def test_without_ray_one_line_and_exit_1(monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    code, err = run("transcribe", CLIPS / "en_cats.wav", "-o", tmp_path, *COMMON, "--ray")
+    assert code == 1 and err.strip().splitlines() == [f"error: {RAY_MISSING}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cluster, device, expected", [
+    ({"CPU": 16.0, "GPU": 4.0}, None, (4, 1, 1.0)),  # one replica per GPU
+    ({"CPU": 16.0, "GPU": 4.0}, "cpu", (7, 2, 0.0)),  # CPU replicas of 2 threads, a CPU left for reading
+    ({"CPU": 2.0}, None, (1, 2, 0.0)),
+    ({"CPU": 1.0}, None, (1, 1, 0.0)),
+])
+def test_replicas_planned_from_the_cluster(cluster, device, expected):
+    r = RayResources.plan(cluster, device)
+    assert (r.actors, r.threads, r.gpus) == expected
+
+
+def test_replica_plan_refuses_a_gpu_the_cluster_lacks():
+    with pytest.raises(ValueError, match="no GPU"):
+        RayResources.plan({"CPU": 8.0}, "cuda")
