@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
+from .outputs import atomic_path, file_mode
 from .precision import apply_precision
 from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
@@ -189,29 +190,6 @@ def safe_torch_load(path: str | Path) -> Any:
 
 
 # --------------------------------------------------------------------------------------- writing
-
-
-def _file_mode() -> int:
-    """0666 minus the umask, read without changing it (os.umask would, for every thread)."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    return 0o666 & ~mask
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
-    """A temporary name beside `path`, renamed to `path` on success (without `overwrite`: only if still free)."""
-    tmp = path.with_name(f".{path.name}.fama-tmp-{os.getpid()}")
-    try:
-        yield tmp
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------- formats
@@ -618,10 +596,10 @@ def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with contextlib.ExitStack() as stack:
-            tmp = {name: stack.enter_context(_atomic_path(folder / name, overwrite=overwrite))
+            tmp = {name: stack.enter_context(atomic_path(folder / name, overwrite=overwrite))
                    for name in MODEL_FILES}
             save_file(sd, tmp[WEIGHTS_FILE], metadata={"format": FORMAT_NAME})
-            os.chmod(tmp[WEIGHTS_FILE], _file_mode())  # safetensors creates its file 0600
+            os.chmod(tmp[WEIGHTS_FILE], file_mode())  # safetensors creates its file 0600
             tmp[CONFIG_FILE].write_text(json.dumps(meta, indent=2) + "\n")
             shutil.copyfile(tokenizer.model_path, tmp[MODEL_FILE])
             if tokenizer.dict_path is not None:
@@ -658,7 +636,7 @@ def copy_demo_clips(folder: str | Path) -> tuple[list[Path], list[Path]]:
             (same if dst.is_file() and dst.read_bytes() == clip.read_bytes() else clash).append(dst)
             continue
         try:
-            with _atomic_path(dst, overwrite=False) as tmp:
+            with atomic_path(dst, overwrite=False) as tmp:
                 shutil.copyfile(clip, tmp)
         except FileExistsError:
             clash.append(dst)

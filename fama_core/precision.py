@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .model import FamaModel
-from .subtitles import atomic_write
+from .outputs import atomic_write
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -203,6 +203,6 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, entries: dict) -> None:
     """Atomic; a cache that cannot be written is only a lost speed-up."""
     try:
-        atomic_write(path, json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1))
+        atomic_write(path, json.dumps({"version": CACHE_VERSION, "entries": entries}, indent=1), overwrite=True)
     except OSError:
         pass
