@@ -7,6 +7,7 @@ executor yielding the same `FileResult`s can replace the local pipeline.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -334,6 +335,8 @@ def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
           threads: int | None, quiet: bool, ray: bool = False, ray_address: str | None = None) -> None:
     """Everything that can be checked is checked before the model is loaded; then the run."""
     _set_threads(threads)
+    if quiet:  # library notes (e.g. the VAD fallback) go through the `fama_core` logger
+        logging.getLogger("fama_core").setLevel(logging.ERROR)
     on_ray = _Ray(ray_address, device) if ray or ray_address is not None else None
     if on_ray:
         from fama_core.cluster import RayUnavailable, require_ray
