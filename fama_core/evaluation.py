@@ -13,8 +13,6 @@ in the spoken language); ST decodes with the target language's tag and scores ag
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +29,7 @@ from .config import package_version
 from .decoding import DecodeOptions
 from .inputs import InputFile
 from .manifest import ManifestRow, read_manifest
+from .outputs import atomic_write
 from .pipeline import Pipeline, RunProgress, TranscribeOptions, resolve_devices
 from .precision import precision_of
 from .scoring import Report, score, score_files
@@ -286,15 +285,5 @@ def evaluate_files(hyp: str | Path, ref: str | Path, task: str = "asr", lang: st
 
 
 def write_report(report: Report, path: str | Path) -> None:
-    """Write `report.to_json()` atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(report.to_json() + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `report.to_json()` atomically (the one atomic writer; a report is replaced by a newer one)."""
+    atomic_write(path, report.to_json() + "\n", overwrite=True)

@@ -8,11 +8,11 @@ of the decoded 16 kHz audio; a relative path is relative to the manifest's folde
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .outputs import atomic_write
 
 COLUMNS = ("id", "audio", "n_frames", "tgt_text", "speaker", "src_text", "src_lang", "tgt_lang")
 REQUIRED = COLUMNS[:4]  # fairseq's own ASR manifests may stop after `speaker`; the rest default to ""
@@ -114,7 +114,7 @@ def _read_rows(path: Path) -> list[ManifestRow]:
 
 
 def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> None:
-    """Write rows atomically (a temporary file in the same folder, then os.replace)."""
+    """Write rows atomically (the one atomic writer)."""
     path = Path(path)
     rows = list(rows)
     extra_cols = list(dict.fromkeys(k for r in rows for k in r.extra))
@@ -128,13 +128,4 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> None:
         if any(ch in v for v in fields for ch in "\t\r\n"):
             raise ValueError(f"{path}: row {r.id!r} has a tab or line break inside a field")
         lines.append("\t".join(fields))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, "\n".join(lines) + "\n", overwrite=True)

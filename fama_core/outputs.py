@@ -45,7 +45,7 @@ class OutputExistsError(FileExistsError):
         return f"output exists: {self.filename}"
 
 
-def _read_umask() -> int:
+def _proc_umask() -> int | None:
     try:  # Linux: read without changing it (os.umask would, for every thread, for a moment)
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -53,22 +53,34 @@ def _read_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
-    mask = os.umask(0o022)  # at import, before fama starts threads
-    os.umask(mask)
+    return None
+
+
+def _import_umask() -> int:
+    mask = _proc_umask()
+    if mask is None:
+        mask = os.umask(0o022)  # at import, before fama starts threads
+        os.umask(mask)
     return mask
 
 
-UMASK = _read_umask()
+UMASK = _import_umask()
+
+
+def current_umask() -> int:
+    """The process's umask now (where it cannot be read without changing it: the one at import)."""
+    mask = _proc_umask()
+    return UMASK if mask is None else mask
 
 
 def file_mode() -> int:
     """The mode a new file gets from the umask (0644 for umask 022)."""
-    return 0o666 & ~UMASK
+    return 0o666 & ~current_umask()
 
 
 def dir_mode() -> int:
     """The mode a new folder gets from the umask (0755 for umask 022)."""
-    return 0o777 & ~UMASK
+    return 0o777 & ~current_umask()
 
 
 def _temp_base(name: str) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fama_core.checkpoints import CheckpointError
+from fama_core.outputs import atomic_path
 
 LAST = "checkpoint_last.pt"
 
@@ -42,9 +43,8 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from fama_core.features import compute_features, spec_augment, utterance_cmvn
+from fama_core.inputs import MEDIA_EXTENSIONS
 from fama_core.manifest import ManifestRow, n_frames_for_samples, read_manifest, write_manifest
 from fama_core.tokenizer import PAD, Tokenizer
 
 SKIP_REASONS = {"empty": "without audio frames", "too_long_source": "longer than max_source_positions",
                 "too_long_target": "with more tokens than max_target_positions",
                 "over_max_tokens": "longer than max_tokens", "missing_audio": "whose audio file is missing"}
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm")
 
 
 @dataclass
@@ -362,7 +362,7 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
     entries: list[dict] = []
     problems: list[str] = []
     if source.is_dir():
-        for a in sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+        for a in sorted(p for p in source.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS):
             t = a.with_suffix(text_suffix)
             if not t.exists():
                 problems.append(f"{a}: no transcript {t.name}")
