@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model import DecoderCache, EncoderOutput, FamaModel
+from .tokenizer import UNK
 
 CTC_MINUS_INF = -1e20  # FBK's scorer uses this finite value; it decides when </s> is forced
 
@@ -243,7 +244,7 @@ class BeamSearch:
                  widen_in_step: bool | None = None):
         self.model, self.opt = model, options
         cfg = model.cfg
-        self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, 3, cfg.blank, cfg.vocab_size
+        self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, UNK, cfg.blank, cfg.vocab_size
         self.max_positions = options.max_target_positions or cfg.max_target_positions
         self.ctc_candidates = ctc_candidates
         self.sync_every = sync_every  # steps between checks that every utterance is done

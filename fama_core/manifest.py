@@ -12,16 +12,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .features import num_frames
 from .outputs import atomic_write
 
 COLUMNS = ("id", "audio", "n_frames", "tgt_text", "speaker", "src_text", "src_lang", "tgt_lang")
 REQUIRED = COLUMNS[:4]  # fairseq's own ASR manifests may stop after `speaker`; the rest default to ""
-WINDOW, HOP = 400, 160  # 25 ms / 10 ms fbank frames at 16 kHz
 
 
 def n_frames_for_samples(n: int) -> int:
     """Number of 10 ms fbank frames (25 ms window, no padding) in `n` samples of 16 kHz audio."""
-    return 1 + (n - WINDOW) // HOP if n >= WINDOW else 0
+    return num_frames(n)
 
 
 def _split_audio(audio: str) -> tuple[str, int | None, int | None]:
