@@ -37,7 +37,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N: one device (default: the first GPU, "
                                                     "else the CPU)")] = None,
-    dtype: Dtype = "float32",
+    dtype: Dtype = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's)")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="FAMA_API_KEY", help="Require 'Authorization: Bearer KEY' "
                                                 "(or set FAMA_API_KEY)", show_default=False)] = None,
@@ -75,8 +75,10 @@ def serve(
         raise fail("--max-chunk-seconds must be between 1 and 120", 2)
     if max_upload_mb <= 0 or timeout <= 0 or batch_wait_ms < 0:
         raise fail("--max-upload-mb and --timeout must be positive, --batch-wait-ms not negative", 2)
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+    from fama_core.precision import PRECISIONS
+
+    if dtype not in PRECISIONS:
+        raise fail(f"unknown dtype {dtype!r}; choose {', '.join(PRECISIONS)}", 2)
 
     import torch
     import uvicorn

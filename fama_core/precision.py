@@ -26,6 +26,9 @@ PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
+# What `auto` may pick on a CPU. Not int8: dynamic quantisation scales activations per batch, so a chunk's
+# tokens would depend on which chunks share its batch (and it misses the accuracy guard); ask for it by name.
+AUTO_CANDIDATES = ("float32", "bfloat16")
 PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more exact one to be chosen
 CACHE_VERSION = 1
 FLOAT_LAYERS = ("output_projection", "auxiliary_decoder.fc", "ctc_fc")  # vocabulary projections
@@ -95,10 +98,10 @@ def resolve_auto(model: FamaModel, device: torch.device) -> str:
     key = _cache_key(model)
     cache = _cache_path()
     entries = _read_cache(cache)
-    if key in entries and entries[key].get("choice") in CPU_CANDIDATES:
+    if key in entries and entries[key].get("choice") in AUTO_CANDIDATES:
         return entries[key]["choice"]
     seconds = probe(model)
-    choice = choose(seconds)
+    choice = choose({name: s for name, s in seconds.items() if name in AUTO_CANDIDATES})
     entries[key] = {"choice": choice, "seconds": seconds, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                   time.gmtime())}
     _write_cache(cache, entries)

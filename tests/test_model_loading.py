@@ -146,7 +146,7 @@ def test_cli_reports_a_broken_model_in_one_line(tmp_path):
 
 
 def test_load_model_reads_fama_training_checkpoints(tmp_path, demo):
-    from fama_core.training.trainer import _rng_state
+    from fama_core.training.checkpointing import rng_state
 
     model, tok = demo
     run = tmp_path / "run"
@@ -160,7 +160,7 @@ def test_load_model_reads_fama_training_checkpoints(tmp_path, demo):
     # the entries Trainer.save writes, including optimizer and RNG state
     torch.save({"fama_train": 1, "model": model.state_dict(), "model_config": model.cfg.to_dict() | {"extra": {}},
                 "optimizer": opt.state_dict(), "progress": {"updates": 7, "epoch": 1, "batch": 3},
-                "rng": _rng_state(), "options": "{}"}, run / "checkpoint_7.pt")
+                "rng": rng_state(), "options": "{}"}, run / "checkpoint_7.pt")
     sd, cfg = read_checkpoint(run / "checkpoint_7.pt")
     assert cfg == model.cfg and sorted(sd) == sorted(model.state_dict())
     loaded, ltok = load_model(run / "checkpoint_7.pt", device="cpu", dtype="bfloat16")
