@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
 from .outputs import atomic_path, file_mode
-from .precision import apply_precision
+from .precision import DTYPES, apply_precision
 from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
 FORMAT_NAME = "fama"
@@ -49,8 +49,6 @@ BUNDLED = {"fama-demo": Path(__file__).parent / "assets" / "demo"}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.model", "*.txt"]
 # Buffers fairseq keeps in its state dict that fama recomputes.
 IGNORED_KEYS = re.compile(r"(positional_encoding\.pe|embed_positions\._float_tensor|\.version)$")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 class CheckpointError(Exception):

@@ -25,6 +25,7 @@ from .outputs import atomic_write
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {**FLOAT_DTYPES, **{alias: FLOAT_DTYPES[name] for alias, name in ALIASES.items()}}  # weights' dtypes
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
 # What `auto` may pick on a CPU. Not int8: dynamic quantisation scales activations per batch, so a chunk's
 # tokens would depend on which chunks share its batch (and it misses the accuracy guard); ask for it by name.
