@@ -5,8 +5,9 @@ by fama's own VAD, batched as `fama transcribe` does), every chunk forced to 3.3
 speech (the decoder's </s> logit is lowered so only the length limit ends a hypothesis), beam 5, CTC 0.2.
 Prints the RTF (seconds of compute per second of audio) of float32, bfloat16, int8 and auto, the encoder's
 achieved FLOP/s against the measured matmul peak, medians of --runs runs. Before each run it waits until
-the load average is below --idle-load (--no-wait skips that: functional checks only) and it discards a run
-during which the machine's load rose above that.
+the load average is below --idle-load (--no-wait skips that: functional checks only); the runs of every system
+are interleaved, and a run during which other processes kept more than --max-others cores busy (from
+/proc/stat less this process's CPU time) is discarded and repeated.
 
 The peer in the same run: faster-whisper / CTranslate2 at its CPU default (int8), beam 5, on the same audio cut
 into 30 s windows, a random-weight whisper-small (-medium with --size medium) built locally with transformers
@@ -54,17 +55,18 @@ FRAMES_PER_SECOND = 100  # filterbank frames
 
 
 def speech_chunks(seconds: float) -> list[np.ndarray]:
-    """VAD chunks of the shared recordings, file after file, until `seconds` of speech."""
+    """VAD chunks of the shared recordings, file after file (again from the first when they run out: the
+    folder holds ~108 s of speech), until `seconds` of speech."""
     chunks, total = [], 0.0
-    for path in sorted(p for p in MEDIA.iterdir() if p.suffix in (".wav", ".flac", ".mp3")):
-        for chunk in iter_speech_chunks(stream_audio(str(path), 30.0), VadOptions()):
-            audio = np.asarray(chunk.audio, dtype=np.float32).reshape(-1)
-            chunks.append(audio)
-            total += len(audio) / SAMPLE_RATE
-            if total >= seconds:
-                return chunks
-    if total < seconds:
-        raise SystemExit(f"only {total:.0f} s of speech in {MEDIA}")
+    paths = sorted(p for p in MEDIA.iterdir() if p.suffix in (".wav", ".flac", ".mp3"))
+    every = [np.asarray(c.audio, dtype=np.float32).reshape(-1)
+             for path in paths for c in iter_speech_chunks(stream_audio(str(path), 30.0), VadOptions())]
+    if not every:
+        raise SystemExit(f"no speech in {MEDIA}")
+    while total < seconds:
+        audio = every[len(chunks) % len(every)]
+        chunks.append(audio)
+        total += len(audio) / SAMPLE_RATE
     return chunks
 
 
@@ -217,6 +219,35 @@ def wait_for_idle(limit: float, no_wait: bool) -> None:
         time.sleep(5)
 
 
+def _busy_seconds() -> float:
+    """CPU seconds all processes have spent busy since boot (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(fn, *args) -> tuple[dict, float]:
+    """fn(*args) and the cores other processes kept busy meanwhile, on average. The load average cannot tell:
+    this process's own threads raise it to ~2 on an otherwise idle 2-core machine."""
+    t = os.times()
+    busy, own, wall = _busy_seconds(), t.user + t.system, time.perf_counter()
+    result = fn(*args)
+    t = os.times()
+    wall = time.perf_counter() - wall
+    others = (_busy_seconds() - busy) - (t.user + t.system - own)
+    return result, max(0.0, others) / wall
+
+
+def measure(label: str, fn, args, runs: list[dict], max_others: float, no_wait: bool) -> None:
+    """One run of fn(*args) appended to `runs`, unless other processes were busy (then it is discarded)."""
+    while True:
+        r, others = others_share(fn, *args)
+        if no_wait or others <= max_others:
+            runs.append(r)
+            return
+        print(f"  {label}: run discarded (other processes kept {others:.2f} cores busy)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="small", choices=["small", "medium"])
@@ -228,7 +259,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-seconds", type=float, default=480.0, help="padded audio per batch")
     ap.add_argument("--layers", type=int, default=None, help="encoder and decoder depth (dry runs only)")
-    ap.add_argument("--idle-load", type=float, default=0.5, help="load average below which a run may start")
+    ap.add_argument("--idle-load", type=float, default=0.5, help="load average below which the runs may start")
+    ap.add_argument("--max-others", type=float, default=0.15,
+                    help="discard a run during which other processes kept more cores than this busy")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine (functional check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true", help="skip faster-whisper (always skipped off the CPU)")
@@ -250,41 +283,67 @@ def main() -> None:
           f"= {audio_s:.1f} s of speech in {len(batches)} batches, {TOKENS_PER_SECOND} tokens/s forced, beam 5, "
           f"CTC 0.2, {args.threads} threads, device {args.device}, torch {torch.__version__}")
     flops = sum(encoder_matmul_flops(cfg, f.shape[0], f.shape[1])["total"] for f, _ in batches)
-    results = {}
-    for name in args.precisions.split(","):
-        model = apply_precision(copy.deepcopy(base), name, args.device)
-        resolved = precision_of(model)
+    names = args.precisions.split(",")
+    models = {name: apply_precision(copy.deepcopy(base), name, args.device) for name in names}
+    del base
+    for model in models.values():
         run_once(model, batches[-1:])  # warm-up on the shortest batch
-        runs = []
-        while len(runs) < args.runs:
-            wait_for_idle(args.idle_load, args.no_wait)
-            r = run_once(model, batches)
-            if not args.no_wait and os.getloadavg()[0] > args.idle_load + 1.0:
-                print(f"  {name}: run discarded (load {os.getloadavg()[0]:.1f})")
-                continue
-            runs.append(r)
-        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    peer = None
+    if args.device == "cpu" and not args.no_peer:
+        try:
+            peer = build_peer(args, chunks)
+        except Exception as e:  # a missing benchmark-only package: said on the last line
+            peer_error = f"n/a ({type(e).__name__}: {e})"
+    wait_for_idle(args.idle_load, args.no_wait)
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; a run is discarded when other processes keep more "
+          f"than {args.max_others} cores busy during it", flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in [*names, "faster-whisper"]}
+    for _ in range(args.runs):  # interleaved: every system sees the same conditions
+        for name, model in models.items():
+            measure(name, run_once, (model, batches), runs[name], args.max_others, args.no_wait)
+        if peer is not None:
+            measure("faster-whisper", peer_run, peer, runs["faster-whisper"], args.max_others, args.no_wait)
+    results = {}
+    for name, model in models.items():
+        med = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
         results[name] = med
+        resolved = precision_of(model)
         peak = matmul_peak(resolved) if args.device == "cpu" else float("nan")
         print(f"{name:>9} ({resolved}): encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = "
-              f"{med['total']:.2f} s, RTF {med['total'] / audio_s:.3f}; encoder {flops / med['encoder'] / 1e9:.1f} "
-              f"GFLOP/s vs matmul peak {peak / 1e9:.1f} GFLOP/s")
-        del model
+              f"{med['total']:.2f} s, RTF {med['total'] / audio_s:.3f} (runs: "
+              f"{_totals(runs[name])} s); encoder "
+              f"{flops / med['encoder'] / 1e9:.1f} GFLOP/s vs matmul peak {peak / 1e9:.1f} GFLOP/s")
     best = min(results, key=lambda k: results[k]["total"])
     print(f"fastest: {best}, RTF {results[best]['total'] / audio_s:.3f}")
+    if "auto" in results:
+        fixed = min((k for k in results if k != "auto"), key=lambda k: results[k]["total"], default=None)
+        if fixed is not None:
+            print(f"auto/best fixed precision ({fixed}) time: {results['auto']['total'] / results[fixed]['total']:.3f}")
     fama_rtf = results["auto" if "auto" in results else best]["total"] / audio_s
     if args.device != "cpu" or args.no_peer:
         print(f"fama-{args.size} RTFx ({best}, {args.device}): {1 / (results[best]['total'] / audio_s):.0f}")
         return
-    try:
-        peer_rtf = measure_peer(args, chunks, audio_s)
-    except Exception as e:  # a missing benchmark-only package: say so on the last line
-        print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: n/a ({type(e).__name__}: {e})")
+    if peer is None:
+        print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: {peer_error}")
         return
+    import ctranslate2
+    import faster_whisper
+
+    med = {k: statistics.median(r[k] for r in runs["faster-whisper"]) for k in runs["faster-whisper"][0]}
+    peer_rtf = med["total"] / audio_s
+    print(f"faster-whisper {faster_whisper.__version__} / CTranslate2 {ctranslate2.__version__}, random "
+          f"whisper-{args.size}, int8, {len(peer[1])} batches of 30 s windows: encoder {med['encoder']:.2f} s + "
+          f"search {med['search']:.2f} s = {med['total']:.2f} s, RTF {peer_rtf:.3f} (runs: "
+          f"{_totals(runs['faster-whisper'])} s)")
     print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: {peer_rtf / fama_rtf:.1f}x")
 
 
-def measure_peer(args, chunks: list[np.ndarray], audio_s: float) -> float:
+def _totals(runs: list[dict]) -> str:
+    return ", ".join(f"{r['total']:.1f}" for r in runs)
+
+
+def build_peer(args, chunks: list[np.ndarray]) -> tuple:
+    """(CTranslate2 Whisper model, its 30 s windows), warmed up."""
     import tempfile
 
     import ctranslate2
@@ -293,21 +352,8 @@ def measure_peer(args, chunks: list[np.ndarray], audio_s: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         build_whisper(args.size, Path(tmp), args.seed)
         model = ctranslate2.models.Whisper(tmp, device="cpu", compute_type="int8", intra_threads=args.threads)
-    peer_run(model, windows[-1:])  # warm-up
-    runs = []
-    while len(runs) < args.runs:
-        wait_for_idle(args.idle_load, args.no_wait)
-        r = peer_run(model, windows)
-        if not args.no_wait and os.getloadavg()[0] > args.idle_load + 1.0:
-            print(f"  faster-whisper: run discarded (load {os.getloadavg()[0]:.1f})")
-            continue
-        runs.append(r)
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print(f"faster-whisper {ctranslate2.__version__ and __import__('faster_whisper').__version__} / CTranslate2 "
-          f"{ctranslate2.__version__}, random whisper-{args.size}, int8, {len(windows)} batches of 30 s windows: "
-          f"encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = {med['total']:.2f} s, "
-          f"RTF {med['total'] / audio_s:.3f}")
-    return med["total"] / audio_s
+    peer_run(model, windows[-1:])
+    return model, windows
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ class BeamSearch:
             ctc_lp = F.log_softmax(self.model.ctc_logits(enc, langs).float(), -1)
             scorer = CtcPrefixScorer(ctc_lp, enc.lengths, self.blank, self.eos, k)
             del ctc_lp
-        cache = self.model.decoder.init_cache(enc).with_beams(k)
+        cache = self.model.decoder.init_cache(enc, beams=k, capacity=L + 1)
         st = self._initial_state(B, L, device)
         only_eos = torch.full((self.vocab,), -math.inf, device=device)
         only_eos[self.eos] = 0

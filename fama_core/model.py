@@ -6,7 +6,9 @@ as is (minus the per-layer positional tables, which are regenerated here).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -319,27 +321,28 @@ class TransformerDecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        past_kv: tuple[Tensor, Tensor] | None,
         self_mask: Tensor | None,
         cross_kv: tuple[Tensor, Tensor],
         cross_mask: Tensor | None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Returns the layer output and the self-attention keys/values including this input's.
+        keep_kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """`keep_kv` (incremental decoding) stores this input's self-attention keys/values and returns all of
+        them so far; without it `x` attends to itself.
 
         `cross_kv` may hold fewer rows than `x` (one per utterance, with its beams as consecutive rows of x):
         cross-attention queries do not interact, so the beams of an utterance are attended as one sequence.
         """
         h = self.self_attn_layer_norm(x)
         k, v = self.self_attn.project_kv(h)
-        if past_kv is not None:
-            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+        if keep_kv is not None:
+            k, v = keep_kv(k, v)
         x = x + self.dropout(self.self_attn.attend(h, k, v, self_mask))
         N, L, C = x.shape
         U = cross_kv[0].shape[0]
         h = self.encoder_attn_layer_norm(x).reshape(U, N // U * L, C)
         x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask).view(N, L, C))
         h = self.activation_dropout(F.relu(self.fc1(self.final_layer_norm(x))))
-        return x + self.dropout(self.fc2(h)), (k, v)
+        return x + self.dropout(self.fc2(h))
 
 
 @dataclass
@@ -347,26 +350,42 @@ class DecoderCache:
     """Keys/values for incremental decoding.
 
     Cross-attention keys/values are computed once and kept once per utterance; each utterance has `beams`
-    consecutive hypothesis rows, whose self-attention keys/values grow by one position per step.
+    consecutive hypothesis rows. Self-attention keys/values live in buffers allocated once per layer
+    (rows x heads x positions x head_dim) and written in place, one position per step; they start at
+    min(capacity, 32) positions and double up to `capacity` (the longest output the search allows), so a
+    short output never holds memory for the longest.
     """
 
     cross: list[tuple[Tensor, Tensor]]
     cross_mask: Tensor | None  # U x 1 x 1 x S, True on padded encoder frames
     beams: int = 1
+    capacity: int | None = None
     self_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     steps: int = 0
 
-    def with_beams(self, beams: int) -> DecoderCache:
-        return DecoderCache(self.cross, self.cross_mask, beams, self.self_kv, self.steps)
+    def keep(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Stores `layer`'s keys/values of this step (N x H x 1 x D); returns those of every step so far."""
+        s = self.steps
+        if layer == len(self.self_kv):
+            size = min(self.capacity or 32, 32)
+            self.self_kv.append((k.new_empty(*k.shape[:2], size, k.shape[3]), v.new_empty(*v.shape[:2], size,
+                                                                                         v.shape[3])))
+        keys, values = self.self_kv[layer]
+        if s == keys.shape[2]:
+            size = 2 * s if self.capacity is None else min(2 * s, max(self.capacity, s + 1))
+            keys = torch.cat([keys, keys.new_empty(*keys.shape[:2], size - s, keys.shape[3])], 2)
+            values = torch.cat([values, values.new_empty(*values.shape[:2], size - s, values.shape[3])], 2)
+            self.self_kv[layer] = (keys, values)
+        keys[:, :, s] = k[:, :, 0]
+        values[:, :, s] = v[:, :, 0]
+        return keys[:, :, : s + 1], values[:, :, : s + 1]
 
     def reorder(self, rows: Tensor) -> None:
-        """Hypothesis rows `rows` continue (beam reordering, finished utterances leaving)."""
-        self.self_kv = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.self_kv]
-
-    def keep_utterances(self, index: Tensor) -> None:
-        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
-        if self.cross_mask is not None:
-            self.cross_mask = self.cross_mask.index_select(0, index)
+        """Hypothesis rows `rows` continue (beam reordering)."""
+        s = self.steps
+        for keys, values in self.self_kv:
+            keys[:, :, :s] = keys[:, :, :s].index_select(0, rows)
+            values[:, :, :s] = values[:, :, :s].index_select(0, rows)
 
 
 class TransformerDecoder(nn.Module):
@@ -392,41 +411,38 @@ class TransformerDecoder(nn.Module):
             self._positions = decoder_positions_table(size, self.cfg.decoder_dim, self.padding_idx, device)
         return self._positions
 
-    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        table = self.positions(int(positions.max()) + 1, tokens.device)
+    def embed(self, tokens: Tensor, positions: Tensor, n_positions: int) -> Tensor:
+        """`n_positions`: more than the largest entry of `positions` (known to the caller: no device read)."""
+        table = self.positions(n_positions, tokens.device)
         x = self.embed_scale * self.embed_tokens(tokens) + table[positions].to(self.embed_tokens.weight.dtype)
         return self.dropout(x)
 
-    def init_cache(self, enc: EncoderOutput) -> DecoderCache:
+    def init_cache(self, enc: EncoderOutput, beams: int = 1, capacity: int | None = None) -> DecoderCache:
+        """`beams` hypothesis rows per utterance; `capacity`: the most steps that will be run (None: unknown)."""
         cross = [layer.encoder_attn.project_kv(enc.out) for layer in self.layers]
         mask = enc.padding_mask[:, None, None, :] if bool(enc.padding_mask.any()) else None
-        return DecoderCache(cross, mask)
+        return DecoderCache(cross, mask, beams, capacity)
 
     def forward(self, prev_tokens: Tensor, enc: EncoderOutput) -> Tensor:
         """Teacher-forced logits [B, L, V] for right-padded `prev_tokens` (`</s> <lang> ...`)."""
         nonpad = prev_tokens.ne(self.padding_idx)
         positions = torch.cumsum(nonpad, dim=1) * nonpad + self.padding_idx
-        x = self.embed(prev_tokens, positions)
         L = prev_tokens.shape[1]
+        x = self.embed(prev_tokens, positions, L + self.padding_idx + 1)
         mask = torch.triu(torch.ones(L, L, dtype=torch.bool, device=x.device), 1)[None, None]
         if bool((~nonpad).any()):
             mask = mask | (~nonpad)[:, None, None, :]
         cross_mask = enc.padding_mask[:, None, None, :] if bool(enc.padding_mask.any()) else None
         for layer in self.layers:
-            x, _ = layer(x, None, mask, layer.encoder_attn.project_kv(enc.out), cross_mask)
+            x = layer(x, mask, layer.encoder_attn.project_kv(enc.out), cross_mask)
         return self.output_projection(self.layer_norm(x))
 
     def step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """Logits [N, V] for the next token, given the last token of each row [N]; extends `cache` in place."""
-        positions = torch.full_like(tokens, cache.steps + 1 + self.padding_idx).unsqueeze(1)
-        x = self.embed(tokens.unsqueeze(1), positions)
+        position = cache.steps + 1 + self.padding_idx
+        x = self.embed(tokens.unsqueeze(1), torch.full_like(tokens, position).unsqueeze(1), position + 1)
         for i, layer in enumerate(self.layers):
-            past = cache.self_kv[i] if cache.steps > 0 else None
-            x, kv = layer(x, past, None, cache.cross[i], cache.cross_mask)
-            if past is None:
-                cache.self_kv.append(kv)
-            else:
-                cache.self_kv[i] = kv
+            x = layer(x, None, cache.cross[i], cache.cross_mask, functools.partial(cache.keep, i))
         cache.steps += 1
         return self.output_projection(self.layer_norm(x[:, 0]))
 

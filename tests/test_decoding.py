@@ -232,8 +232,8 @@ def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, voc
 
 
 def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
-    """No .item()/.tolist()/bool(tensor)/nonzero in the search's part of a step (it could then run in a CUDA
-    graph); the decoder's own step is model.py's."""
+    """No .item()/.tolist()/bool(tensor)/nonzero in a step, the decoder's or the search's (it could then run
+    in a CUDA graph)."""
     model = peaked_model(1, 40)
     feats = torch.randn(2, 70, 80, generator=torch.Generator().manual_seed(1))
     lengths = torch.tensor([70, 41])
@@ -242,19 +242,49 @@ def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
         enc = model.encode(feats, lengths)
     expected = exact_results(BeamSearch(model, opts).search(enc, torch.tensor([4, 5]), lengths))
     search = BeamSearch(model, opts, ctc_candidates=2, widen_in_step=False)
-    step = search._step
+    guarded = 0
 
     def forbidden(*args, **kwargs):
         raise AssertionError("device-to-host read inside a decoding step")
 
-    def guarded_step(*args, **kwargs):
-        with monkeypatch.context() as m:
-            for name in ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__"):
-                m.setattr(torch.Tensor, name, forbidden)
-            step(*args, **kwargs)
+    def guard(step):
+        def guarded_step(*args, **kwargs):
+            nonlocal guarded
+            with monkeypatch.context() as m:
+                for name in ("item", "tolist", "__bool__", "nonzero", "__int__", "__float__"):
+                    m.setattr(torch.Tensor, name, forbidden)
+                out = step(*args, **kwargs)
+            guarded += 1
+            return out
+        return guarded_step
 
-    search._step = guarded_step
+    search._step = guard(search._step)
+    monkeypatch.setattr(model.decoder, "step", guard(model.decoder.step))
     assert exact_results(search.search(enc, torch.tensor([4, 5]), lengths)) == expected
+    assert guarded >= 2 * 11  # both halves of every step ran guarded
+
+
+def test_decoder_cache_is_written_in_place_and_grows_only_when_needed():
+    """The self-attention keys/values live in one buffer per layer: written in place step after step (same
+    storage), doubled only past 32 positions when no capacity is given, and the logits of 40 incremental steps
+    equal teacher forcing throughout."""
+    model = peaked_model(3, 60)
+    feats = torch.randn(2, 50, 80, generator=torch.Generator().manual_seed(3))
+    prev = torch.randint(4, 60, (2, 40), generator=torch.Generator().manual_seed(4))
+    prev[:, 0] = model.cfg.eos
+    with torch.no_grad():
+        enc = model.encode(feats, torch.tensor([50, 31]))
+        full = model.decoder(prev, enc)
+        for capacity in (None, 40):
+            cache = model.decoder.init_cache(enc, capacity=capacity)
+            steps, storage = [], []
+            for t in range(prev.shape[1]):
+                steps.append(model.decoder.step(prev[:, t], cache))
+                storage.append(cache.self_kv[0][0].data_ptr())
+            assert float((torch.stack(steps, 1) - full).abs().max()) < 1e-5
+            assert len(set(storage[:32])) == 1  # the first 32 positions: one buffer, written in place
+            sizes = {kv[0].shape[2] for kv in cache.self_kv}
+            assert sizes == {64 if capacity is None else 40}
 
 
 def test_finished_utterances_stay_masked_in_the_batch():
