@@ -1,7 +1,7 @@
 """Make a synthetic English-Italian speech corpus: grammar sentences (and some Tatoeba) spoken by TTS voices.
 
     python recipes/synthetic_en_it/make_data.py --out DIR [--n-train N] [--n-dev N] [--n-test N]
-        [--n-tatoeba N] [--smoke] [--jobs 2] [--seed S]
+        [--n-tatoeba N] [--smoke] [--jobs 2] [--seed S] [--splits test,...]
 
 Writes DIR/wav/<split>/<lang>/*.wav (16 kHz mono 16-bit), the manifests asr_{en,it}_<split>.tsv,
 st_en_it_<split>.tsv, st_it_en_<split>.tsv for train, dev, test and test_unseen_voice, text_for_spm.txt
@@ -307,7 +307,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny corpus in seconds (for CI and CLI tests)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--splits", default=",".join(SPLITS),
+                    help="synthesise only these splits (comma-separated; the sentences stay those of the full plan)")
     args = ap.parse_args(argv)
+    splits = args.splits.split(",")
+    if not set(splits) <= set(SPLITS):
+        ap.error(f"--splits: choose from {', '.join(SPLITS)}")
     for name, sizes in {"n_train": (1000, 10), "n_dev": (100, 4), "n_test": (150, 4), "n_tatoeba": (150, 2)}.items():
         if getattr(args, name) is None:
             setattr(args, name, sizes[args.smoke])
@@ -316,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pairs, utts = plan(args)
     samples = {u.id: wav_samples(out / u.path) for u in utts if (out / u.path).exists()}
-    todo = [u for u in utts if u.id not in samples]
+    todo = [u for u in utts if u.id not in samples and u.id.rsplit("-", 2)[0] in splits]
     print(f"{len(utts)} utterances, {len(samples)} already there, {len(todo)} to synthesise on {args.jobs} cores")
     tts_seconds: dict[str, float] = defaultdict(float)
     audio_seconds: dict[str, float] = defaultdict(float)
