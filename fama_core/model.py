@@ -450,6 +450,24 @@ class TransformerDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------- model
 
 
+CPU_MAX_PADDING = 1.1  # padded / real frames of a group that `FamaModel.encode` encodes together on a CPU
+
+
+def length_groups(lengths: list[int], max_padding: float = CPU_MAX_PADDING) -> list[list[int]]:
+    """Row indices, longest first, in groups whose rows padded to the group's longest come to at most
+    `max_padding` times their real lengths."""
+    groups: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= max_padding * (real + lengths[i]):
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
+
+
 class FamaModel(nn.Module):
     """Encoder + top CTC (`auxiliary_decoder`) + attention decoder."""
 
@@ -464,9 +482,40 @@ class FamaModel(nn.Module):
                inter_ctc: bool = False) -> EncoderOutput:
         """features [B, T, input_dim] (utterance-CMVN fbank, zero-padded), lengths [B] -> EncoderOutput.
 
-        The intermediate CTC head only serves training; `inter_ctc=True` computes its logits too.
+        The intermediate CTC head only serves training; `inter_ctc=True` computes its logits too. On a CPU, in
+        inference, rows of very different lengths are encoded in separate groups (`length_groups`) and the
+        outputs padded together: there a padded frame costs as much as a real one (a batch padded to 1.3x its
+        audio took 1.37x the time of the same rows grouped, at FAMA-small size), while batching short rows of
+        one length still pays (1.5x for 8 rows of 3.3 s).
         """
-        return self.encoder(features, lengths, return_states=return_states, ctc_inter=inter_ctc)
+        groups = None
+        if features.device.type == "cpu" and not self.training and not return_states and len(lengths) > 1:
+            groups = length_groups(lengths.tolist())
+        if groups is None or len(groups) == 1:
+            return self.encoder(features, lengths, return_states=return_states, ctc_inter=inter_ctc)
+        parts = []
+        for rows in groups:
+            index = torch.tensor(rows, device=features.device)
+            longest = int(lengths[index].max())
+            parts.append((index, self.encoder(features[index, :longest], lengths[index], ctc_inter=inter_ctc)))
+        frames = max(e.out.shape[1] for _, e in parts)
+
+        def stitched(pick) -> Tensor:
+            first = pick(parts[0][1])
+            out = first.new_zeros(len(lengths), frames, *first.shape[2:])
+            for index, e in parts:
+                out[index, : pick(e).shape[1]] = pick(e)
+            return out
+
+        out_lengths = parts[0][1].lengths.new_zeros(len(lengths))
+        for index, e in parts:
+            out_lengths[index] = e.lengths
+        return EncoderOutput(
+            out=stitched(lambda e: e.out),
+            padding_mask=lengths_to_padding_mask(out_lengths, frames),
+            lengths=out_lengths,
+            ctc_inter_logits=stitched(lambda e: e.ctc_inter_logits) if inter_ctc else None,
+        )
 
     def ctc_logits(self, enc: EncoderOutput, lang_ids: Tensor) -> Tensor:
         """Top CTC logits [B, T', V] conditioned on each row's language tag id [B]; padded frames are 0."""

@@ -21,7 +21,7 @@ from fama_core.decoding import (
     decode,
     forced_align,
 )
-from fama_core.model import FamaModel
+from fama_core.model import FamaModel, length_groups
 
 from conftest import fbk_reference_configs, require_shared
 
@@ -304,3 +304,25 @@ def test_finished_utterances_stay_masked_in_the_batch():
         alone = decode(model, feats[i:i + 1, : int(lengths[i])], lengths[i:i + 1], 4, opts)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in every[i]]
         assert np.allclose([h.score for h in alone], [h.score for h in every[i]], atol=1e-5)
+
+
+def test_cpu_encoder_groups_rows_of_similar_length():
+    """On a CPU, rows of very different lengths are encoded in separate groups and stitched: each row equals
+    the row encoded alone, padded frames are masked, and the intermediate CTC logits come along."""
+    assert length_groups([100, 300, 290, 105, 50]) == [[1, 2], [3, 0], [4]]
+    assert length_groups([10, 10, 10]) == [[0, 1, 2]]
+    model = tiny_model(5, 40)
+    lengths = torch.tensor([100, 300, 290, 105, 50])
+    feats = torch.randn(5, 300, 80, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        enc = model.encode(feats, lengths, inter_ctc=True)
+        for b, n in enumerate(lengths.tolist()):
+            alone = model.encode(feats[b:b + 1, :n], lengths[b:b + 1], inter_ctc=True)
+            m = int(alone.lengths[0])
+            assert int(enc.lengths[b]) == m
+            assert torch.allclose(enc.out[b, :m], alone.out[0], atol=1e-5)
+            assert torch.allclose(enc.ctc_inter_logits[b, :m], alone.ctc_inter_logits[0], atol=1e-5)
+            assert not enc.padding_mask[b, :m].any() and enc.padding_mask[b, m:].all()
+        model.train()
+        trained = model.encode(feats, lengths)  # training batches stay one padded batch
+        assert trained.out.shape == enc.out.shape
