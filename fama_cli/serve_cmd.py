@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from typing import Annotated
 
@@ -17,12 +18,19 @@ from fama_cli.transcribe_cmd import (
     GreedyOpt,
     LocalFilesOnlyOpt,
     MaxChunkSecondsOpt,
+    MaxCpsOpt,
     MaxCueSecondsOpt,
     MaxLineCountOpt,
     MaxLineWidthOpt,
     MaxTokensOpt,
+    MinCueSecondsOpt,
     Model,
     NoRepeatNgramSizeOpt,
+    ThreadsOpt,
+    decode_options,
+    load_for_cli,
+    set_threads,
+    subtitle_options,
 )
 
 DIST = "fama-speech"  # the distribution name in pyproject.toml, for the install hint
@@ -38,7 +46,7 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N: one device (default: the first GPU, "
                                                     "else the CPU)")] = None,
     dtype: Dtype = "auto",
-    threads: Annotated[int | None, typer.Option(help="CPU threads for the model (default: torch's)")] = None,
+    threads: ThreadsOpt = None,
     api_key: Annotated[str | None, typer.Option(envvar="FAMA_API_KEY", help="Require 'Authorization: Bearer KEY' "
                                                 "(or set FAMA_API_KEY)", show_default=False)] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (413 beyond)")] = 200.0,
@@ -59,55 +67,31 @@ def serve(
     max_line_width: MaxLineWidthOpt = 42,
     max_line_count: MaxLineCountOpt = 2,
     max_cue_seconds: MaxCueSecondsOpt = 7.0,
+    min_cue_seconds: MinCueSecondsOpt = 0.8,
+    max_cps: MaxCpsOpt = 20.0,
     local_files_only: LocalFilesOnlyOpt = False,
 ) -> None:
     """OpenAI-compatible server: POST /v1/audio/transcriptions and /v1/audio/translations (docs/serve.md)."""
     if any(importlib.util.find_spec(m) is None for m in SERVE_MODULES):
         raise fail(escape(f'fama serve needs the serve extra: pip install "{DIST}[serve]"'), 1)
-    for name, value in (("--beam-size", beam_size), ("--batch-size", batch_size), ("--max-line-width", max_line_width),
-                        ("--max-line-count", max_line_count), ("--max-requests", max_requests),
-                        ("--readers", readers), ("--threads", threads or 1)):
+    for name, value in (("--max-requests", max_requests), ("--readers", readers)):
         if value < 1:
             raise fail(f"{name} must be at least 1", 2)
-    if not 0.0 <= ctc_weight <= 1.0:
-        raise fail("--ctc-weight must be between 0 and 1", 2)
-    if not 1.0 <= max_chunk_seconds <= 120.0:
-        raise fail("--max-chunk-seconds must be between 1 and 120", 2)
     if max_upload_mb <= 0 or timeout <= 0 or batch_wait_ms < 0:
         raise fail("--max-upload-mb and --timeout must be positive, --batch-wait-ms not negative", 2)
-    from fama_core.precision import PRECISIONS
+    transcribe = decode_options("transcribe", "auto", beam_size=beam_size, ctc_weight=ctc_weight,
+                                no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
+                                batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+    subtitles = subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds, max_cps)
+    set_threads(threads)  # before loading: `--dtype auto` probes with these threads
 
-    if dtype not in PRECISIONS:
-        raise fail(f"unknown dtype {dtype!r}; choose {', '.join(PRECISIONS)}", 2)
-
-    import torch
     import uvicorn
 
-    from fama_core.checkpoints import CheckpointError, load_model
-    from fama_core.decoding import DecodeOptions
-    from fama_core.pipeline import TranscribeOptions, resolve_devices
     from fama_core.server import BatchPool, ServeOptions, create_app
-    from fama_core.subtitles import SubtitleOptions
-    from fama_core.vad import VadOptions
 
-    try:
-        devices = resolve_devices(device)
-    except (RuntimeError, ValueError) as e:
-        raise fail(f"--device: {e}", 2) from None
-    if device is not None and len(devices) > 1:
-        raise fail("--device: fama serve decodes on one device; start one server per GPU", 2)
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        loaded, tokenizer = load_model(model, device=devices[0], dtype=dtype, local_files_only=local_files_only or None)
-    except (CheckpointError, ValueError, OSError) as e:
-        raise fail(f"cannot load model {model}: {e}") from None
+    loaded, tokenizer, devices = load_for_cli(model, device, dtype, local_files_only, one_device=True)
     options = ServeOptions(
-        transcribe=TranscribeOptions(
-            decode=DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
-                                 greedy=greedy, max_len_b=max_tokens),
-            vad=VadOptions(max_chunk_s=max_chunk_seconds), batch_size=batch_size, readers=readers),
-        subtitles=SubtitleOptions(max_line_width, max_line_count, max_cue_seconds),
+        transcribe=dataclasses.replace(transcribe, readers=readers), subtitles=subtitles,
         batch_wait=batch_wait_ms / 1000, max_upload_bytes=int(max_upload_mb * 2**20), max_requests=max_requests,
         timeout=timeout, api_key=api_key or None)
     pool = BatchPool(loaded, tokenizer, model, options)

@@ -22,9 +22,11 @@ from rich.markup import escape
 from fama_cli.main import app, err, fail
 
 if TYPE_CHECKING:
+    from fama_core.model import FamaModel
     from fama_core.outputs import OutputPlan
     from fama_core.pipeline import FileResult, Pipeline, RunProgress, TranscribeOptions
     from fama_core.subtitles import SubtitleOptions
+    from fama_core.tokenizer import Tokenizer
 
 Inputs = Annotated[list[str], typer.Argument(help="Media files, folders, glob patterns, or - for stdin",
                                              show_default=False)]
@@ -101,7 +103,7 @@ def _usage(fn, *args, **kwargs):
         raise fail(str(e), 2) from None
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     if threads is None:
         return
     if threads < 1:
@@ -115,7 +117,7 @@ def _set_threads(threads: int | None) -> None:
         pass
 
 
-def _decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
+def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
                     greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
                     detect_source: bool = True) -> TranscribeOptions:
     """The library's options, checked by the library (what needs the model is checked once it is loaded)."""
@@ -132,7 +134,7 @@ def _decode_options(task: str, language: str, *, beam_size: int, ctc_weight: flo
     return options
 
 
-def _subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
+def subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
                       max_cps: float) -> SubtitleOptions:
     from fama_core.subtitles import SubtitleOptions
 
@@ -174,10 +176,12 @@ def _plan(inputs: list[str], recursive: bool, output_dir: str | None, formats: l
     return plan, f"[rank {rank}/{world}] " if world > 1 else ""
 
 
-def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool,
-              options: TranscribeOptions) -> Pipeline:
+def load_for_cli(model: str, device: str | None, dtype: str, local_files_only: bool,
+                 one_device: bool = False) -> tuple[FamaModel, Tokenizer, list]:
+    """(model, tokenizer, devices): the model on the first device. A bad --dtype or --device exits 2 (checked
+    before loading), a model that cannot be loaded exits 1 with one line."""
     from fama_core.checkpoints import CheckpointError, load_model
-    from fama_core.pipeline import Pipeline, resolve_devices
+    from fama_core.pipeline import resolve_devices
     from fama_core.precision import PRECISIONS
 
     if dtype not in PRECISIONS:
@@ -191,10 +195,20 @@ def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool
         devices = resolve_devices(device)
     except (RuntimeError, ValueError) as e:
         raise fail(f"--device: {e}", 2) from None
+    if one_device and device is not None and len(devices) > 1:
+        raise fail("--device: fama serve decodes on one device; start one server per GPU", 2)
     try:
         loaded, tokenizer = load_model(model, device=devices[0], dtype=dtype, local_files_only=local_files_only or None)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(f"cannot load model {model}: {e}") from None
+    return loaded, tokenizer, devices
+
+
+def _pipeline(model: str, device: str | None, dtype: str, local_files_only: bool,
+              options: TranscribeOptions) -> Pipeline:
+    from fama_core.pipeline import Pipeline
+
+    loaded, tokenizer, devices = load_for_cli(model, device, dtype, local_files_only)
     return _usage(Pipeline, loaded, tokenizer, options, model_name=model, devices=devices)
 
 
@@ -334,7 +348,7 @@ def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
           subs: SubtitleOptions, model: str, device: str | None, dtype: str, local_files_only: bool,
           threads: int | None, quiet: bool, ray: bool = False, ray_address: str | None = None) -> None:
     """Everything that can be checked is checked before the model is loaded; then the run."""
-    _set_threads(threads)
+    set_threads(threads)
     if quiet:  # library notes (e.g. the VAD fallback) go through the `fama_core` logger
         logging.getLogger("fama_core").setLevel(logging.ERROR)
     on_ray = _Ray(ray_address, device) if ray or ray_address is not None else None
@@ -409,16 +423,16 @@ def transcribe(
         raise fail("--to goes with --task translate (or use fama translate)", 2)
     if task == "translate":
         target = _target(to or "en", lang)
-        options = _decode_options("translate", target, detect_source=lang == "auto", beam_size=beam_size,
+        options = decode_options("translate", target, detect_source=lang == "auto", beam_size=beam_size,
                                   ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
                                   max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
     else:
-        options = _decode_options("transcribe", lang, beam_size=beam_size, ctc_weight=ctc_weight,
+        options = decode_options("transcribe", lang, beam_size=beam_size, ctc_weight=ctc_weight,
                                   no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
                                   batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
-          options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
+          options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
                                                   max_cps),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)
@@ -472,12 +486,12 @@ def translate(
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
         raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
-    options = _decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
+    options = decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
                               ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
                               max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
-          options=options, subs=_subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
+          options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
                                                   max_cps),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)
