@@ -75,7 +75,8 @@ def test_auto_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert precision.precision_of(again) == "int8" and len(calls) == 1  # from the cache
     quantized = precision.apply_precision(small_model(), "int8", "cpu")  # by name
     assert isinstance(quantized.decoder.layers[0].fc1, precision.Int8Linear)
-    assert isinstance(quantized.decoder.output_projection, torch.nn.Linear)  # vocabulary projections stay float32
+    assert isinstance(quantized.decoder.output_projection, precision.Int8Linear)
+    assert type(quantized.auxiliary_decoder.fc) is torch.nn.Linear  # the top CTC head stays float32
     assert type(quantized.encoder.conformer_layers[0].first_feed_forward.first_linear) is torch.nn.Linear
     assert type(quantized.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear  # run on encoder frames
     assert precision.precision_of(precision.apply_precision(small_model(), "float32", "cpu")) == "float32"
