@@ -422,11 +422,10 @@ def build_model(cfg: ModelConfig, sd: Weights, source: str, device: str | torch.
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """No NaN or infinity in `t`, without a temporary as large as `t`: a float64 sum of values of at most
-    float32's range cannot overflow, so it is finite exactly when every value is."""
-    if t.dtype == torch.float64:
-        return bool(torch.isfinite(t).all())
-    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+    """No NaN or infinity in `t`. The temporary is one byte per value. (A float64 sum, used before, makes a
+    float64 copy of its input; loading FAMA-small-size weights then peaked at 1.22-1.38x their size, and at
+    1.42-1.51x summed 1 M values at a time, against 1.12x with this: the heap kept the freed copies.)"""
+    return bool(torch.isfinite(t).all())
 
 
 @contextlib.contextmanager
