@@ -311,7 +311,7 @@ def main() -> None:
             measure("faster-whisper", peer_run, peer, runs["faster-whisper"], args.max_others, args.no_wait)
     results = {}
     for name, model in models.items():
-        med = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
+        med = _medians(runs[name])
         results[name] = med
         resolved = precision_of(model)
         peak = matmul_peak(resolved) if args.device == "cpu" else float("nan")
@@ -336,13 +336,17 @@ def main() -> None:
     import ctranslate2
     import faster_whisper
 
-    med = {k: statistics.median(r[k] for r in runs["faster-whisper"]) for k in runs["faster-whisper"][0]}
+    med = _medians(runs["faster-whisper"])
     peer_rtf = med["total"] / audio_s
     print(f"faster-whisper {faster_whisper.__version__} / CTranslate2 {ctranslate2.__version__}, random "
           f"whisper-{args.size}, int8, {len(peer[1])} batches of 30 s windows: encoder {med['encoder']:.2f} s + "
           f"search {med['search']:.2f} s = {med['total']:.2f} s, RTF {peer_rtf:.3f} (runs: "
           f"{_totals(runs['faster-whisper'])} s)")
     print(f"fama-{args.size}/faster-whisper-{args.size} CPU speed: {peer_rtf / fama_rtf:.1f}x")
+
+
+def _medians(runs: list[dict]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def _totals(runs: list[dict]) -> str:

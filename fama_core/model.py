@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -368,13 +368,11 @@ class DecoderCache:
         s = self.steps
         if layer == len(self.self_kv):
             size = min(self.capacity or 32, 32)
-            self.self_kv.append((k.new_empty(*k.shape[:2], size, k.shape[3]), v.new_empty(*v.shape[:2], size,
-                                                                                         v.shape[3])))
+            self.self_kv.append(tuple(t.new_empty(*t.shape[:2], size, t.shape[3]) for t in (k, v)))
         keys, values = self.self_kv[layer]
         if s == keys.shape[2]:
             size = 2 * s if self.capacity is None else min(2 * s, max(self.capacity, s + 1))
-            keys = torch.cat([keys, keys.new_empty(*keys.shape[:2], size - s, keys.shape[3])], 2)
-            values = torch.cat([values, values.new_empty(*values.shape[:2], size - s, values.shape[3])], 2)
+            keys, values = (torch.cat([t, t.new_empty(*t.shape[:2], size - s, t.shape[3])], 2) for t in (keys, values))
             self.self_kv[layer] = (keys, values)
         keys[:, :, s] = k[:, :, 0]
         values[:, :, s] = v[:, :, 0]
@@ -453,19 +451,24 @@ class TransformerDecoder(nn.Module):
 CPU_MAX_PADDING = 1.1  # padded / real frames of a group that `FamaModel.encode` encodes together on a CPU
 
 
-def length_groups(lengths: list[int], max_padding: float = CPU_MAX_PADDING) -> list[list[int]]:
-    """Row indices, longest first, in groups whose rows padded to the group's longest come to at most
-    `max_padding` times their real lengths."""
-    groups: list[list[int]] = []
+def length_groups(order: list[int], lengths: list[int], max_rows: int | None = None, max_padded: int | None = None,
+                  max_padding: float = CPU_MAX_PADDING) -> Iterator[list[int]]:
+    """Consecutive groups of `order` (indices sorted by length, longest first) of at most `max_rows` rows and
+    `max_padded` padded length, whose rows padded to the group's longest come to at most `max_padding` times
+    their real lengths. (The pipeline's batches and `FamaModel.encode`'s CPU groups.)"""
+    group: list[int] = []
     real = 0
-    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
-        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= max_padding * (real + lengths[i]):
-            groups[-1].append(i)
-            real += lengths[i]
-        else:
-            groups.append([i])
-            real = lengths[i]
-    return groups
+    for i in order:
+        longest = max([lengths[j] for j in group] + [lengths[i]])
+        padded = longest * (len(group) + 1)
+        full = (max_rows is not None and len(group) >= max_rows) or (max_padded is not None and padded > max_padded)
+        if group and (full or padded > max_padding * (real + lengths[i])):
+            yield group
+            group, real = [], 0
+        group.append(i)
+        real += lengths[i]
+    if group:
+        yield group
 
 
 class FamaModel(nn.Module):
@@ -490,7 +493,8 @@ class FamaModel(nn.Module):
         """
         groups = None
         if features.device.type == "cpu" and not self.training and not return_states and len(lengths) > 1:
-            groups = length_groups(lengths.tolist())
+            rows = lengths.tolist()
+            groups = list(length_groups(sorted(range(len(rows)), key=lambda j: -rows[j]), rows))
         if groups is None or len(groups) == 1:
             return self.encoder(features, lengths, return_states=return_states, ctc_inter=inter_ctc)
         parts = []

@@ -30,7 +30,7 @@ from .checkpoints import load_model
 from .decoding import DecodeOptions, decode_encoded, forced_align
 from .features import SAMPLE_RATE, compute_features
 from .inputs import InputFile
-from .model import FamaModel
+from .model import FamaModel, length_groups
 from .precision import precision_of
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
@@ -167,18 +167,7 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, batch_sample
              max_padding: float = MAX_PADDING) -> Iterator[list[int]]:
     """Consecutive groups of `order` (sorted by length) within `batch_size` items, `batch_samples` padded, and
     padded samples at most `max_padding` times the real ones."""
-    batch: list[int] = []
-    real = 0
-    for i in order:
-        longest = max([lengths[j] for j in batch] + [lengths[i]])
-        padded = longest * (len(batch) + 1)
-        if batch and (len(batch) >= batch_size or padded > batch_samples or padded > max_padding * (real + lengths[i])):
-            yield batch
-            batch, real = [], 0
-        batch.append(i)
-        real += lengths[i]
-    if batch:
-        yield batch
+    return length_groups(order, lengths, batch_size, batch_samples, max_padding)
 
 
 def resolve_devices(spec: str | None) -> list[str]:
