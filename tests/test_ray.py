@@ -212,3 +212,46 @@ def test_replicas_planned_from_the_cluster(cluster, device, expected):
 def test_replica_plan_refuses_a_gpu_the_cluster_lacks():
     with pytest.raises(ValueError, match="no GPU"):
         RayResources.plan({"CPU": 8.0}, "cuda")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_shared_model_gives_the_same_model_without_copying_its_tensors(dtype):
+    """The replicas' model: equal weights and outputs, one shipped array per tensor (tied tensors stay one),
+    each copied once into the replica's own memory."""
+    import torch
+
+    from fama_core import load_model
+    from fama_core.cluster import SharedModel
+    from fama_core.inputs import InputFile
+    from fama_core.pipeline import Pipeline, TranscribeOptions
+    from fama_core.precision import Int8Linear
+
+    model, tok = load_model(str(MODEL), device="cpu", dtype=dtype)
+    shared = SharedModel.of(model, tok)
+    got, got_tok = SharedModel.get(shared)
+    assert got_tok.vocab_size == tok.vocab_size and got.precision == model.precision == dtype
+    want_state, got_state = model.state_dict(), got.state_dict()
+    assert list(got_state) == list(want_state)
+    assert all(torch.equal(got_state[k], want_state[k]) for k in want_state)
+    pointers = {a.__array_interface__["data"][0] for a in shared.arrays}
+    tensors = [t for t in list(got.parameters()) + list(got.buffers()) if t.numel()]
+    assert tensors and not any(t.data_ptr() in pointers for t in tensors)
+    tensor_ids = {id(t) for t in list(model.parameters()) + list(model.buffers()) if t.numel()}
+    assert len(shared.arrays) == len(tensor_ids) + 2 * sum(isinstance(m, Int8Linear) for m in model.modules())
+    clips = [InputFile(str(p)) for p in sorted(CLIPS.glob("en_*.wav"))]
+    texts = [[r.transcript.text for r in Pipeline(m, t, TranscribeOptions(language="en")).run(clips)]
+             for m, t in ((model, tok), (got, got_tok))]
+    assert texts[0] == texts[1] and len(texts[0]) == len(clips) > 1
+
+
+def test_shared_model_travels_through_the_object_store_as_mapped_arrays(ray):
+    import torch
+
+    from fama_core import load_model
+    from fama_core.cluster import SharedModel
+
+    model, tok = load_model(str(MODEL), device="cpu")
+    shared = ray.get(ray.put(SharedModel.of(model, tok)))
+    got, _ = shared.get()
+    assert all(not a.flags.writeable for a in shared.arrays)  # Ray's store, mapped read-only
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), model.state_dict().values()))
