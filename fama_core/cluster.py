@@ -160,10 +160,10 @@ class SharedModel:
 
     The tensors travel as numpy arrays, which Ray stores out of band and every process of a node maps from the
     one stored copy; the rest (modules, config, int8 packed weights) is pickled. `get` copies each tensor once
-    onto `device` (on a CPU, the big ones onto huge pages: `huge_page_empty`); replicas do not compute on the
-    store's mapping itself, whose 4 KiB pages made decoder-sized products 25 % slower. A pickled torch model
-    is copied twice on `put` and again, slowly, by each replica: with FAMA-small's shape (1.7 GB), 5 s to put
-    and 13 s to get for one replica, 21 s for two at once on 2 cores, against ~2 s to put this way.
+    onto `device`. A pickled torch model is copied twice on `put` and again, slowly, by each replica: with
+    FAMA-small's shape (1.7 GB), 5 s to put and 13 s to get for one replica, 21 s for two at once on 2 cores,
+    against 2 s to put and under a second to get this way. Replicas do not compute on the store's mapping
+    itself: its 4 KiB pages made decoder-sized products 25 % slower than on torch's own memory here.
     """
 
     skeleton: bytes
@@ -181,29 +181,6 @@ class SharedModel:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "TypedStorage is deprecated")  # torch's own unpickling of int8 weights
             return _TensorsBack(io.BytesIO(self.skeleton), self.arrays, torch.device(device)).load()
-
-
-HUGE_PAGE = 2 << 20
-
-
-def huge_page_empty(shape: torch.Size | tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor in an anonymous mapping of its own, 2 MiB-aligned and advised
-    MADV_HUGEPAGE (released with the tensor); `torch.empty` where the OS offers no huge pages.
-
-    A decoder step on a CPU is bound by reading the weights; on huge pages a FAMA-small replica's decoder
-    products ran ~10 % faster here than on torch's 4 KiB pages (THP 'madvise' mode: torch asks for huge pages
-    only with THP_MEM_ALLOC_ENABLE=1), and 25 % faster than on the object store's own mapping."""
-    import mmap
-
-    nbytes = torch.Size(shape).numel() * dtype.itemsize
-    if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape, dtype=dtype)
-    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    with contextlib.suppress(OSError):  # THP disabled: ordinary pages
-        region.madvise(mmap.MADV_HUGEPAGE)
-    flat = torch.frombuffer(region, dtype=torch.uint8)  # keeps `region` mapped
-    start = -flat.data_ptr() % HUGE_PAGE
-    return flat[start:start + nbytes].view(dtype).view(shape)
 
 
 _NUMPY_VIEW = {torch.bfloat16: torch.int16}  # dtypes numpy lacks, shipped as same-size integers
@@ -237,10 +214,7 @@ class _TensorsBack(pickle.Unpickler):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a read-only array: the tensor is a copy of it
                 t = torch.from_numpy(self.arrays[k]).view(getattr(torch, dtype.removeprefix("torch.")))
-            if self.device.type == "cpu":
-                t = huge_page_empty(t.shape, t.dtype).copy_(t)
-            else:
-                t = t.to(self.device, copy=True)
+            t = t.to(self.device, copy=True)
             self.made[k] = torch.nn.Parameter(t, requires_grad=requires_grad) if parameter else t
         return self.made[k]
 

@@ -255,19 +255,3 @@ def test_shared_model_travels_through_the_object_store_as_mapped_arrays(ray):
     got, _ = shared.get()
     assert all(not a.flags.writeable for a in shared.arrays)  # Ray's store, mapped read-only
     assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), model.state_dict().values()))
-
-
-def test_huge_page_tensors_are_aligned_and_hold_their_values():
-    import mmap
-
-    import torch
-
-    from fama_core.cluster import HUGE_PAGE, huge_page_empty
-
-    x = torch.randn(1024, 1024)  # 4 MiB
-    t = huge_page_empty(x.shape, x.dtype).copy_(x)
-    assert torch.equal(t, x) and t.is_contiguous()
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        assert t.data_ptr() % HUGE_PAGE == 0
-    b = huge_page_empty((3, 5), torch.bfloat16)
-    assert b.shape == (3, 5) and b.dtype == torch.bfloat16
