@@ -18,7 +18,9 @@ Configurations, interleaved in every repeat so that each sees the same load:
 - ray 1x1 and ray 2x1: one and two actors of 1 thread each.
 Every Ray run is a new Ray Data job (new actors, model shipped through the object store, reading tasks), as one
 `fama transcribe --ray` is; `ray.init` is timed once, apart. Each configuration's transcripts are checked to
-equal plain's. Printed: medians, then the two target ratios:
+equal plain's. For Ray runs, the replicas' busy time (the decoding calls, summed over replicas) and the time
+until the driver receives its first decoded row (Ray's start-up, the first reads and the first call) are printed.
+At the end: medians, then the two target ratios:
 - `ray(1 actor)/plain time`: Ray's overhead, target <= 1.15;
 - `speed-up of 2 vs 1 one-thread actors`: target >= 1.6.
 """
@@ -124,8 +126,15 @@ def main() -> None:
         def plain() -> list:
             return list(pipeline.run(items))
 
+        timings: dict[str, float] = {}
+
         def on_ray(actors: int, threads: int):
-            return lambda: list(RayExecutor(pipeline, actors=actors, threads=threads).run(items))
+            def run() -> list:
+                executor = RayExecutor(pipeline, actors=actors, threads=threads)
+                results = list(executor.run(items))
+                timings.update(executor.timings)
+                return results
+            return run
 
         configs = {"plain": plain, "ray 1x2": on_ray(1, 2), "ray 1x1": on_ray(1, 1), "ray 2x1": on_ray(2, 1)}
         times: dict[str, list[float]] = {name: [] for name in configs}
@@ -140,9 +149,12 @@ def main() -> None:
                        for r in results}
                 reference = reference or got
                 audio = sum(r.seconds for r in results)
+                ray_timing = (f"; replicas busy {timings['busy']:.1f} s in all, first result after "
+                              f"{timings['first_result']:.1f} s" if timings else "")
+                timings.clear()
                 print(f"repeat {repeat + 1} {name}: {wall:.1f} s, {audio / 60:.1f} min audio, "
-                      f"{audio / wall:.1f} audio-s/s, transcripts {'= plain' if got == reference else 'DIFFER'}",
-                      flush=True)
+                      f"{audio / wall:.1f} audio-s/s, transcripts {'= plain' if got == reference else 'DIFFER'}"
+                      f"{ray_timing}", flush=True)
         ray.shutdown()
     med = {name: statistics.median(ts) for name, ts in times.items()}
     print(f"medians over {args.repeats} repeats (s): " + ", ".join(f"{n} {t:.1f}" for n, t in med.items()))

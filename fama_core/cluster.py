@@ -31,6 +31,7 @@ import pickle
 import queue
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -246,6 +247,7 @@ class ChunkDecoder:
         self.pipeline = Pipeline(model, tokenizer, options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
         o, model = self.pipeline.options, self.pipeline.model
         n = len(batch["index"])
         results, errors = [""] * n, [str(e) for e in batch["error"]]
@@ -270,6 +272,7 @@ class ChunkDecoder:
         out_batch = {k: batch[k] for k in _COLUMNS}
         out_batch["error"] = np.array(errors, dtype=object)
         out_batch["result"] = np.array(results, dtype=object)
+        out_batch["busy"] = np.full(n, (time.perf_counter() - started) / n)  # summed by the driver
         return out_batch
 
     def _run(self, model: Any, audios: list[torch.Tensor], lang_ids: list[int], detect: bool) -> list:
@@ -324,6 +327,7 @@ class RayExecutor:
         self.resources = RayResources.plan(self.ray.cluster_resources(), device, actors, threads)
         batch = pipeline.options.batch_size
         self.rows_per_call = rows_per_call or (2 * batch if self.resources.gpus else max(1, batch // 4))
+        self.timings: dict[str, float] = {}  # of the last run: "busy" (replica-seconds), "first_result" (s)
 
     def run(self, items: list[InputFile], sources: list[Any] | None = None,
             progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:
@@ -331,6 +335,7 @@ class RayExecutor:
         if sources is not None:
             raise ValueError("RayExecutor reads paths or URLs; in-memory waveforms go to Pipeline.run")
         p, o = self.pipeline, self.pipeline.options
+        self.timings = {"started": time.perf_counter(), "busy": 0.0}
         fixed = None if o.language == "auto" else p.tokenizer.lang_tag_id(o.language)
         files = [_File(it, it.path if "://" in it.path else os.path.abspath(it.path), fixed,
                        None if fixed is None else o.language) for it in items]
@@ -373,11 +378,19 @@ class RayExecutor:
                                    "device": "cuda" if r.gpus else "cpu"},
             num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None)
 
+    def _rows(self, ds: Any) -> Iterator[dict[str, Any]]:
+        """The rows of `ds`, adding up the replicas' busy seconds and noting when the first result came."""
+        t = self.timings
+        for row in ds.iter_rows():
+            t["busy"] += float(row["busy"])
+            t.setdefault("first_result", time.perf_counter() - t["started"])
+            yield row
+
     def _detect(self, files: list[_File], todo: list[int], replica: Any) -> None:
         """The language of each file, from `language_scores` of its first speech, summed in chunk order."""
         p = self.pipeline
         scores: dict[int, dict[int, list[float]]] = {}
-        for row in self._dataset(files, todo, replica, p.options.detect_seconds).iter_rows():
+        for row in self._rows(self._dataset(files, todo, replica, p.options.detect_seconds)):
             i, c, f = int(row["index"]), int(row["chunk"]), files[int(row["index"])]
             if row["error"]:
                 f.error = f.error or str(row["error"])
@@ -402,7 +415,7 @@ class RayExecutor:
         if not todo:
             return
         expected: dict[int, int] = {}
-        for row in self._dataset(files, todo, replica, None).iter_rows():
+        for row in self._rows(self._dataset(files, todo, replica, None)):
             i, c, f = int(row["index"]), int(row["chunk"]), files[int(row["index"])]
             if f.finished:
                 continue
