@@ -144,6 +144,8 @@ def test_killed_actor_is_restarted_and_outputs_are_identical(ray, inputs):
                    for pid in killed)
     assert sorted(p for p, _, _ in got) == sorted(want)  # every file exactly once
     assert {p: (e, t) for p, e, t in got} == want
+    wall = time.perf_counter() - executor.timings["started"]
+    assert 0 < executor.timings["busy"] < wall and 0 < executor.timings["first_result"] < wall
 
 
 def test_ray_data_class_in_a_three_line_pipeline(ray):
