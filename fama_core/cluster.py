@@ -159,12 +159,13 @@ class SharedModel:
     """A model and its tokenizer in the form Ray's object store ships fast: `ray.put(SharedModel.of(model,
     tokenizer))`, then `.get(device)` in each replica.
 
-    The tensors travel as numpy arrays, which Ray stores out of band and every process of a node maps from the
-    one stored copy; the rest (modules, config, int8 packed weights) is pickled. `get` copies each tensor once
-    onto `device`. A pickled torch model is copied twice on `put` and again, slowly, by each replica: with
-    FAMA-small's shape (1.7 GB), 5 s to put and 13 s to get for one replica, 21 s for two at once on 2 cores,
-    against 2 s to put and under a second to get this way. Replicas do not compute on the store's mapping
-    itself: its 4 KiB pages made decoder-sized products 25 % slower than on torch's own memory here.
+    The tensors travel as numpy arrays (a GPU model's copied to the CPU one tensor at a time), which Ray stores
+    out of band and every process of a node maps from the one stored copy; the rest (modules, config, int8
+    packed weights) is pickled. `get` copies each tensor once onto `device`. A pickled torch model is copied
+    twice on `put` and again, slowly, by each replica: with FAMA-small's shape (1.7 GB), 5 s to put and 13 s
+    to get for one replica, 21 s for two at once on 2 cores, against ~2 s to put and ~1.5 s to get for one
+    replica this way. Replicas do not compute on the store's mapping itself: its 4 KiB pages made
+    decoder-sized products 25 % slower than on torch's own memory here.
     """
 
     skeleton: bytes
@@ -194,11 +195,11 @@ class _TensorsApart(pickle.Pickler):
         self.index: dict[int, int] = {}
 
     def persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu" or obj.is_quantized or obj.numel() == 0:
+        if not isinstance(obj, torch.Tensor) or obj.is_meta or obj.is_quantized or obj.numel() == 0:
             return None
         if id(obj) not in self.index:  # the same tensor twice (tied weights) stays one tensor
             self.index[id(obj)] = len(self.arrays)
-            self.arrays.append(obj.detach().view(_NUMPY_VIEW.get(obj.dtype, obj.dtype)).numpy())
+            self.arrays.append(obj.detach().cpu().view(_NUMPY_VIEW.get(obj.dtype, obj.dtype)).numpy())
         return ("tensor", self.index[id(obj)], str(obj.dtype), isinstance(obj, torch.nn.Parameter),
                 obj.requires_grad)
 
@@ -327,7 +328,8 @@ class RayExecutor:
         self.resources = RayResources.plan(self.ray.cluster_resources(), device, actors, threads)
         batch = pipeline.options.batch_size
         self.rows_per_call = rows_per_call or (2 * batch if self.resources.gpus else max(1, batch // 4))
-        self.timings: dict[str, float] = {}  # of the last run: "busy" (replica-seconds), "first_result" (s)
+        # of the last run: "busy" (replica-seconds), "first_result" (seconds after "started", a perf_counter)
+        self.timings: dict[str, float] = {}
 
     def run(self, items: list[InputFile], sources: list[Any] | None = None,
             progress: Callable[[float], None] | None = None) -> Iterator[FileResult]:
@@ -345,8 +347,7 @@ class RayExecutor:
         if all(f.error for f in files):
             yield from (p._finish(f) for f in files)
             return
-        model = p.model if p.model.device.type == "cpu" else _cpu_copy(p.model)
-        replica = self.ray.put(SharedModel.of(model, p.tokenizer))  # referenced here while replicas may restart
+        replica = self.ray.put(SharedModel.of(p.model, p.tokenizer))  # referenced here while replicas may restart
         try:
             if fixed is None:
                 self._detect(files, [i for i, f in enumerate(files) if f.error is None], replica)
@@ -431,12 +432,6 @@ class RayExecutor:
                     progress(float(row["end"]) - float(row["start"]))
             if f.read_done and (f.error or len(f.results) == expected[i]):
                 yield self.pipeline._finish(f)
-
-
-def _cpu_copy(model: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(model).to("cpu")
 
 
 # ----------------------------------------------------------------------------------------------- library class

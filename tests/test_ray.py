@@ -217,7 +217,7 @@ def test_replica_plan_refuses_a_gpu_the_cluster_lacks():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
-def test_shared_model_gives_the_same_model_without_copying_its_tensors(dtype):
+def test_shared_model_gives_the_same_model_with_each_tensor_copied_once(dtype):
     """The replicas' model: equal weights and outputs, one shipped array per tensor (tied tensors stay one),
     each copied once into the replica's own memory."""
     import torch
