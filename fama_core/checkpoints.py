@@ -736,13 +736,15 @@ def check_device(device: str | torch.device) -> torch.device:
 
 def load_model(name_or_path: str | Path, device: str | torch.device | None = None,
                dtype: str | torch.dtype | None = None,
-               local_files_only: bool | None = None, spm: str | Path | None = None) -> tuple[FamaModel, Tokenizer]:
+               local_files_only: bool | None = None, spm: str | Path | None = None,
+               trainable: bool = False) -> tuple[FamaModel, Tokenizer]:
     """The one way to get a model: a model folder, a `.pt` (FBK fairseq or fama training checkpoint), an alias
     (`fama-small`; `fama-demo` ships with fama) or a hub repo id.
 
     Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32;
     "auto", "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer. Weights are read one tensor
-    at a time, straight into their device and (floating-point) dtype.
+    at a time, straight into their device and (floating-point) dtype. On a CPU the decoder's weights are laid out
+    for inference (`precision.PackedLinear`) unless `trainable` (fine-tuning: plain Linears everywhere).
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading
@@ -757,4 +759,4 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     else:
         raise CheckpointError(f"{name}: no such file or folder, and not a model alias or hub repo id "
                               f"(aliases: {', '.join(known_aliases())})")
-    return apply_precision(model, dtype or dt or "float32", dev), tok
+    return apply_precision(model, dtype or dt or "float32", dev, pack=not trainable), tok

@@ -119,3 +119,26 @@ def test_incremental_decoder_matches_teacher_forcing(case):
         cache = model.decoder.init_cache(enc)
         steps = torch.stack([model.decoder.step(prev[:, t], cache)[0] for t in range(prev.shape[1])])
     assert float((full - steps).abs().max()) < 1e-5
+
+
+def test_inference_attention_equals_the_training_path(case):
+    """On a CPU, inference shifts each utterance's positional scores through a strided view and attends with
+    explicit products; training gathers the whole padded batch through one index and uses SDPA. Same encoder
+    states and decoder logits on a padded batch (FBK's references check the first path above)."""
+    inputs, outputs, models = case
+    model = models["fairseq"].eval()
+    feats = [torch.from_numpy(inputs[f"feats_{i}"]) for i in range(n_inputs(inputs))]
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    prev = torch.from_numpy(outputs["batch_prev_output_tokens"])
+    results = []
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            enc = model.encode(batch, lengths)
+            results.append((enc.out.detach(), model.decoder(prev, enc).detach(), enc.lengths))
+    (inf_out, inf_dec, n), (train_out, train_dec, _) = results
+    assert len(set(n.tolist())) > 1  # rows of different lengths
+    for b, frames in enumerate(n.tolist()):
+        torch.testing.assert_close(inf_out[b, :frames], train_out[b, :frames], rtol=1e-5, atol=1e-5)
+        tokens = int((prev[b] != model.cfg.pad).sum())
+        torch.testing.assert_close(inf_dec[b, :tokens], train_dec[b, :tokens], rtol=1e-5, atol=1e-4)

@@ -143,7 +143,7 @@ def _initial_model(opts: TrainOptions, tokenizer: Tokenizer | None) -> tuple[Fam
                 model.load_state_dict(ckpt["model"])
                 tok = tokenizer or Tokenizer.from_folder(path.parent)
                 return model, tok
-        model, tok = load_model(opts.finetune_from, device="cpu", spm=opts.spm)
+        model, tok = load_model(opts.finetune_from, device="cpu", spm=opts.spm, trainable=True)
         return model.train(), tokenizer or tok
     if tokenizer is None:
         raise ValueError("no tokenizer: give --spm (train one with `fama data spm`) or --finetune-from a model")
