@@ -240,7 +240,7 @@ class BeamSearch:
     step free of host reads, by searching the batch again after the pass.
     """
 
-    def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 64, sync_every: int = 1,
+    def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 16, sync_every: int = 1,
                  widen_in_step: bool | None = None):
         self.model, self.opt = model, options
         cfg = model.cfg
