@@ -146,8 +146,7 @@ class PackedLinear(nn.Module):
         self._pack(weight)
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
-        linear.weight = nn.Parameter(self.weight, requires_grad=False)
+        linear = self.as_linear()
         if self.bias is not None:
             linear.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
         return PackedLinear(linear)
@@ -167,6 +166,20 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed {self._packed.dtype}"
+
+    def as_linear(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = nn.Parameter(self.weight, requires_grad=False)
+        linear.bias = self.bias
+        return linear
+
+
+def unpack_linears(model: nn.Module) -> nn.Module:
+    """Every PackedLinear back to a plain Linear, in place (before another precision or device)."""
+    for name, packed in [(n, m) for n, m in model.named_modules() if isinstance(m, PackedLinear)]:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, packed.as_linear())
+    return model
 
 
 def can_pack(dtype: torch.dtype) -> bool:
@@ -223,6 +236,7 @@ def apply_precision(model: FamaModel, precision: str | torch.dtype | None, devic
         name = resolve_auto(model, device)
     if name == "int8" and device.type != "cpu":
         raise ValueError("int8 weights run on the CPU only; use bfloat16 or float16 on a GPU")
+    model = unpack_linears(model)  # a model prepared before for another precision or device
     if name == "int8":
         model = quantize_int8(model.to(device=device, dtype=torch.float32).eval())
     else:

@@ -294,3 +294,15 @@ def test_a_clip_decodes_the_same_alone_and_in_a_batch(name):
     together = [t.text for t in transcribe(paths, model, "en", max_len_b=40)]
     alone = [transcribe([p], model, "en", max_len_b=40)[0].text for p in paths]
     assert together == alone and len(paths) > 10
+
+
+def test_a_prepared_model_can_be_prepared_again_for_another_precision():
+    model = precision.apply_precision(small_model(), "float32", "cpu")
+    again = precision.apply_precision(model, "bfloat16", "cpu")
+    assert precision.precision_of(again) == "bfloat16"
+    layers = [m for m in again.modules() if isinstance(m, (precision.PackedLinear, torch.nn.Linear))]
+    assert layers and all(m.weight.dtype == torch.bfloat16 for m in layers)
+    x = torch.randn(1, 40, 80)
+    with torch.no_grad():
+        enc = again.encode(x.to(torch.bfloat16), torch.tensor([40]))
+        assert again.decoder.step(torch.tensor([2]), again.decoder.init_cache(enc)).dtype == torch.bfloat16
