@@ -417,7 +417,8 @@ class DecoderCache:
         s = self.steps
         if layer == len(self.self_kv):
             size = min(self.capacity or 32, 32)
-            dtype = torch.float32 if k.device.type == "cpu" else k.dtype  # see MultiheadAttention.attend
+            # float32 where MultiheadAttention.attend computes with them explicitly (CPU inference)
+            dtype = torch.float32 if k.device.type == "cpu" and not torch.is_grad_enabled() else k.dtype
             self.self_kv.append(tuple(t.new_empty(*t.shape[:2], size, t.shape[3], dtype=dtype) for t in (k, v)))
         keys, values = self.self_kv[layer]
         if s == keys.shape[2]:
@@ -428,14 +429,11 @@ class DecoderCache:
         values[:, :, s] = v[:, :, 0]
         return keys[:, :, : s + 1], values[:, :, : s + 1]
 
+    @torch.no_grad()
     def reorder(self, rows: Tensor) -> None:
         """Hypothesis rows `rows` continue (beam reordering). Each buffer is gathered whole into a spare one,
         which then takes its place: one contiguous copy per row, instead of gathering the strided prefix and
         copying it back."""
-        with torch.no_grad():
-            self._reorder(rows)
-
-    def _reorder(self, rows: Tensor) -> None:
         for layer, pair in enumerate(self.self_kv):
             swapped = []
             for t in pair:

@@ -16,6 +16,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -137,19 +138,13 @@ class PackedLinear(nn.Module):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_packed"] = self.weight  # oneDNN's tensors cannot be pickled or copied
+        state["_packed"] = self.weight  # oneDNN's tensors cannot be pickled or copied (deepcopy comes here too)
         return state
 
     def __setstate__(self, state: dict) -> None:
         weight = state.pop("_packed")
         self.__dict__.update(state)
         self._pack(weight)
-
-    def __deepcopy__(self, memo: dict) -> PackedLinear:
-        linear = self.as_linear()
-        if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=self.bias.requires_grad)
-        return PackedLinear(linear)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         destination[prefix + "weight"] = self.weight
@@ -174,12 +169,18 @@ class PackedLinear(nn.Module):
         return linear
 
 
+def _replace(model: nn.Module, pick: Callable[[str, nn.Module], bool],
+             make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """Every submodule that `pick(name, module)` selects replaced by `make(module)`, in place."""
+    for name, module in [(n, m) for n, m in model.named_modules() if pick(n, m)]:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, make(module))
+    return model
+
+
 def unpack_linears(model: nn.Module) -> nn.Module:
     """Every PackedLinear back to a plain Linear, in place (before another precision or device)."""
-    for name, packed in [(n, m) for n, m in model.named_modules() if isinstance(m, PackedLinear)]:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, packed.as_linear())
-    return model
+    return _replace(model, lambda _, m: isinstance(m, PackedLinear), PackedLinear.as_linear)
 
 
 def can_pack(dtype: torch.dtype) -> bool:
@@ -191,10 +192,11 @@ def can_pack(dtype: torch.dtype) -> bool:
 
 def pack_linears(model: nn.Module) -> nn.Module:
     """The Linears `step_layer` picks, as PackedLinear, in place (CPU float32 or bfloat16 models)."""
-    for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and step_layer(n)]:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, PackedLinear(linear))
-    return model
+    return _replace(model, _step_linear, PackedLinear)
+
+
+def _step_linear(name: str, module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) and step_layer(name)
 
 
 def keep_freed_memory() -> None:
@@ -220,10 +222,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     called directly, runs 2-5x faster than float32 on a decoder step's rows on AVX2. This function and
     Int8Linear are the one place that knows which library does it.
     """
-    for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and step_layer(n)]:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, Int8Linear(linear))
-    return model
+    return _replace(model, _step_linear, Int8Linear)
 
 
 def apply_precision(model: FamaModel, precision: str | torch.dtype | None, device: str | torch.device,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -229,7 +230,7 @@ def test_packed_linear_computes_the_linear_and_travels_as_one(dtype):
     else:
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(packed.weight, linear.weight)
-    for other in (copy.deepcopy(packed), __import__("pickle").loads(__import__("pickle").dumps(packed))):
+    for other in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed))):
         assert isinstance(other, precision.PackedLinear) and torch.equal(other(x), got)
     state = packed.state_dict()
     assert list(state) == ["weight", "bias"] and torch.equal(state["weight"], linear.weight)
