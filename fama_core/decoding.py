@@ -124,6 +124,11 @@ class CtcPrefixScorer:
         # Slack of the bound psi(g+c) <= psi(g): frame posteriors sum to 1 only within float32 rounding.
         self.prefix_slack = 1e-5 * self.lengths.double() + 1e-6
 
+    def select(self, rows: Tensor) -> None:
+        """Only these rows go on (their utterances' frames stay where they are)."""
+        self.utt_of_row, self.lengths = self.utt_of_row[rows], self.lengths[rows]
+        self.end, self.prefix_slack = self.end[rows], self.prefix_slack[rows]
+
     def initial_state(self) -> tuple[Tensor, Tensor]:
         r_b = torch.cumsum(self.xt[self.utt_of_row, self.blank].double(), 1)  # N x T
         return torch.full_like(r_b, -math.inf), r_b
@@ -227,10 +232,18 @@ class _State:
     psi_prev: Tensor | None = None  # N x 1 float32: psi of each row's prefix
     psi_prev64: Tensor | None = None  # N float64, for the pruning bound
 
+    def select(self, utts: Tensor, rows: Tensor) -> None:
+        """Only these utterances (and their hypothesis rows) go on."""
+        for name, value in vars(self).items():
+            if value is not None:
+                per_row = name in ("tokens", "cum", "r_n", "r_b", "psi_prev", "psi_prev64")
+                setattr(self, name, value[rows if per_row else utts])
+
 
 class BeamSearch:
-    """fairseq's beam search over a batch: fixed-size state, finished utterances masked rather than removed,
-    no device-to-host synchronisation inside a step.
+    """fairseq's beam search over a batch. On a GPU: fixed-size state, finished utterances masked rather than
+    removed, no device-to-host synchronisation inside a step. On the CPU, where reading the state back costs
+    nothing, a finished utterance leaves the batch at once (its rows would otherwise be computed to the end).
 
     Joint CTC scoring is pruned exactly: every token gets an upper bound of its joint score (`bound`), the
     `ctc_candidates` best bounds of each row are scored exactly, and the step's candidates are provably those
@@ -241,16 +254,19 @@ class BeamSearch:
     """
 
     def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 16, sync_every: int = 1,
-                 widen_in_step: bool | None = None):
+                 host_reads: bool | None = None):
         self.model, self.opt = model, options
         cfg = model.cfg
         self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, UNK, cfg.blank, cfg.vocab_size
         self.max_positions = options.max_target_positions or cfg.max_target_positions
         self.ctc_candidates = ctc_candidates
         self.sync_every = sync_every  # steps between checks that every utterance is done
-        self.widen_in_step = widen_in_step  # None: on the CPU only (it reads the proof back every step)
+        # Read the state back at every step (None: on the CPU, where it costs nothing) to widen the pruning within
+        # the step and drop finished utterances from the batch; else the step reads nothing back.
+        self.host_reads = host_reads
         self.searches = 0  # passes run (diagnostics: > 1 when the pruning proof failed somewhere)
 
+    @torch.no_grad()
     def search(self, enc: EncoderOutput, langs: Tensor, source_lengths: Tensor | None = None) -> list[list[Hypothesis]]:
         src = source_lengths if source_lengths is not None else enc.lengths * 4
         cands = self.ctc_candidates
@@ -282,14 +298,43 @@ class BeamSearch:
         st = self._initial_state(B, L, device)
         only_eos = torch.full((self.vocab,), -math.inf, device=device)
         only_eos[self.eos] = 0
-        widen = device.type == "cpu" if self.widen_in_step is None else self.widen_in_step
-        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, widen)
+        host_reads = device.type == "cpu" if self.host_reads is None else self.host_reads
+        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, host_reads)
+        hyps: list[list[Hypothesis]] = [[] for _ in range(B)]
+        failed = [False] * B
+        live = list(range(B))  # the utterance of each remaining row group
         for step in range(L + 1):
             logits = self.model.decoder.step(st.tokens[:, step], ctx.cache)
             self._step(st, ctx, step, logits)
-            if (step + 1) % self.sync_every == 0 and bool(st.done.all()):
+            if host_reads:
+                # Where reading the state back costs nothing, a finished utterance leaves the batch at once:
+                # its rows would otherwise go through every later step, masked.
+                done = st.done.tolist()
+                if any(done):
+                    ended = [i for i, d in enumerate(done) if d]
+                    for i, h, f in zip(ended, self._collect(st, ended), st.failed[ended].tolist()):
+                        hyps[live[i]], failed[live[i]] = h, f
+                    live = [u for u, d in zip(live, done) if not d]
+                    if not live:
+                        break
+                    self._keep(st, ctx, [i for i, d in enumerate(done) if not d])
+            elif (step + 1) % self.sync_every == 0 and bool(st.done.all()):
                 break
-        return self._collect(st), st.failed.tolist()
+        if live:
+            for u, h, f in zip(live, self._collect(st), st.failed.tolist()):
+                hyps[u], failed[u] = h, f
+        return hyps, failed
+
+    def _keep(self, st: _State, ctx: _Context, utts: list[int]) -> None:
+        """Only these utterances of the batch go on searching."""
+        k = self.opt.beam_size
+        index = torch.tensor(utts, device=st.done.device)
+        rows = (index[:, None] * k + torch.arange(k, device=index.device)).view(-1)
+        st.select(index, rows)
+        ctx.langs, ctx.max_len = ctx.langs[index], ctx.max_len[index]
+        if ctx.scorer is not None:
+            ctx.scorer.select(rows)
+        ctx.cache.select(index, rows)
 
     def _initial_state(self, B: int, L: int, device: torch.device) -> _State:
         k = self.opt.beam_size
@@ -325,7 +370,7 @@ class BeamSearch:
                 joint, psi, scored = self._joint(lprobs, st, ctx, step, cands)
                 cand_scores, cand_flat, failed = self._top(joint, st, step, scored)
                 # On the CPU a host read costs nothing: widen at once rather than search again.
-                if not ctx.widen_in_step or cands >= V or not bool(failed.any()):
+                if not ctx.host_reads or cands >= V or not bool(failed.any()):
                     break
                 cands = min(4 * cands, V)
             st.failed |= failed
@@ -424,14 +469,17 @@ class BeamSearch:
         st.fin_count += take.sum(1)
         st.done |= (st.fin_count >= k) | (ctx.max_len <= step)
 
-    def _collect(self, st: _State) -> list[list[Hypothesis]]:
-        """The finalized hypotheses, best first (ties in the order they were found)."""
-        B, slots, width = st.fin_cum.shape
-        pos = torch.cat([st.fin_cum, torch.zeros_like(st.fin_cum[:, :, :1])], 2)
-        pos.scatter_(2, st.fin_step[:, :, None], st.fin_eos[:, :, None])
+    def _collect(self, st: _State, utts: list[int] | None = None) -> list[list[Hypothesis]]:
+        """The finalized hypotheses of these utterances (default: all), best first (ties in the order they
+        were found)."""
+        pick = slice(None) if utts is None else utts
+        fin_cum, fin_step, fin_eos = st.fin_cum[pick], st.fin_step[pick], st.fin_eos[pick]
+        B, slots, width = fin_cum.shape
+        pos = torch.cat([fin_cum, torch.zeros_like(fin_cum[:, :, :1])], 2)
+        pos.scatter_(2, fin_step[:, :, None], fin_eos[:, :, None])
         pos[:, :, 1:] = pos[:, :, 1:] - pos[:, :, :-1].clone()
-        counts, steps = st.fin_count.tolist(), st.fin_step.tolist()
-        tokens, pos_l, norm = st.fin_tokens.tolist(), pos.tolist(), st.fin_norm.tolist()
+        counts, steps = st.fin_count[pick].tolist(), fin_step.tolist()
+        tokens, pos_l, norm = st.fin_tokens[pick].tolist(), pos.tolist(), st.fin_norm[pick].tolist()
         out = []
         for b in range(B):
             hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1])
@@ -456,7 +504,7 @@ class BeamSearch:
 
 @dataclass
 class _Context:
-    """What a search's steps share and never change."""
+    """What a search's steps share (per utterance: only the utterances still searching)."""
 
     langs: Tensor
     max_len: Tensor
@@ -464,7 +512,7 @@ class _Context:
     cache: DecoderCache
     cands: int
     only_eos: Tensor  # [V]: 0 for </s>, -inf elsewhere
-    widen_in_step: bool
+    host_reads: bool  # see BeamSearch.host_reads
 
 
 # ------------------------------------------------------------------------------------------- alignment

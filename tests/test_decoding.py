@@ -219,11 +219,11 @@ def test_pruned_ctc_scoring_returns_exactly_the_full_vocabulary_result(seed, voc
         for weight in (0.2, 0.5):
             opts = DecodeOptions(beam_size=beam, ctc_weight=weight, max_len_b=12, nbest=beam,
                                  no_repeat_ngram_size=3 if seed % 2 else 0)
-            full = BeamSearch(model, opts, ctc_candidates=vocab).search(enc, langs, lengths)
-            assert all(n for n in full)
-            for cands in (1, 4):
-                for widen in (True, False):
-                    search = BeamSearch(model, opts, ctc_candidates=cands, widen_in_step=widen)
+            for widen in (True, False):
+                full = BeamSearch(model, opts, ctc_candidates=vocab, host_reads=widen).search(enc, langs, lengths)
+                assert all(n for n in full)
+                for cands in (1, 4):
+                    search = BeamSearch(model, opts, ctc_candidates=cands, host_reads=widen)
                     got = search.search(enc, langs, lengths)
                     assert exact_results(got) == exact_results(full), (beam, weight, cands, widen)
                     assert search.searches == 1 or not widen
@@ -241,7 +241,7 @@ def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
     with torch.no_grad():
         enc = model.encode(feats, lengths)
     expected = exact_results(BeamSearch(model, opts).search(enc, torch.tensor([4, 5]), lengths))
-    search = BeamSearch(model, opts, ctc_candidates=2, widen_in_step=False)
+    search = BeamSearch(model, opts, ctc_candidates=2, host_reads=False)
     guarded = 0
 
     def forbidden(*args, **kwargs):
@@ -262,6 +262,38 @@ def test_a_step_reads_nothing_back_from_the_device(monkeypatch):
     monkeypatch.setattr(model.decoder, "step", guard(model.decoder.step))
     assert exact_results(search.search(enc, torch.tensor([4, 5]), lengths)) == expected
     assert guarded >= 2 * 11  # both halves of every step ran guarded
+
+
+def test_finished_utterances_leave_the_batch_on_the_cpu(monkeypatch):
+    """On the CPU an utterance whose search is complete is dropped from the batch at once (its rows are not
+    computed to the end, masked), with exactly the results of the masked search and of decoding each alone."""
+    from fama_core.precision import apply_precision
+
+    model = apply_precision(peaked_model(2, 50), "float32", "cpu")
+    feats = torch.randn(3, 90, 80, generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([90, 60, 30])
+    langs = torch.tensor([4, 5, 4])
+    # every hypothesis runs to its length limit (0.2 tokens per input frame: 18, 12 and 6 steps)
+    model.decoder.output_projection.register_forward_hook(lambda m, i, out: out.index_fill(-1, torch.tensor([2]), -1e4))
+    opts = DecodeOptions(beam_size=3, ctc_weight=0.3, max_len_a=0.2, max_len_b=0, nbest=3)
+    with torch.no_grad():
+        enc = model.encode(feats, lengths)
+    rows = []
+    step = model.decoder.step
+    monkeypatch.setattr(model.decoder, "step", lambda tokens, cache: (rows.append(len(tokens)), step(tokens, cache))[1])
+    dropped = exact_results(BeamSearch(model, opts, host_reads=True).search(enc, langs, lengths))
+    assert rows == [9] * 7 + [6] * 6 + [3] * 6
+    rows.clear()
+    masked = exact_results(BeamSearch(model, opts, host_reads=False).search(enc, langs, lengths))
+    assert rows == [9] * 19
+    assert dropped == masked
+    assert [len(n[0][0]) for n in dropped] == [17, 11, 5]  # + the language tag
+    monkeypatch.undo()
+    for b in range(3):
+        with torch.no_grad():
+            alone = model.encode(feats[b:b + 1, : lengths[b]], lengths[b:b + 1])
+        got = BeamSearch(model, opts).search(alone, langs[b:b + 1], lengths[b:b + 1])
+        assert exact_results(got) == dropped[b:b + 1]
 
 
 def test_decoder_cache_is_written_in_place_and_grows_only_when_needed():

@@ -78,9 +78,12 @@ def test_auto_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
     quantized = precision.apply_precision(small_model(), "int8", "cpu")  # by name
     assert isinstance(quantized.decoder.layers[0].fc1, precision.Int8Linear)
     assert isinstance(quantized.decoder.output_projection, precision.Int8Linear)
-    assert type(quantized.auxiliary_decoder.fc) is torch.nn.Linear  # the top CTC head stays float32
-    assert type(quantized.encoder.conformer_layers[0].first_feed_forward.first_linear) is torch.nn.Linear
-    assert type(quantized.decoder.layers[0].encoder_attn.k_proj) is torch.nn.Linear  # run on encoder frames
+    # the top CTC head, the encoder and the cross-attention keys/values of the encoder frames stay float32
+    # (packed on a CPU that can)
+    float32 = precision.PackedLinear if precision.can_pack(torch.float32) else torch.nn.Linear
+    for layer in (quantized.auxiliary_decoder.fc, quantized.encoder.conformer_layers[0].first_feed_forward.first_linear,
+                  quantized.decoder.layers[0].encoder_attn.k_proj):
+        assert type(layer) is float32 and layer.weight.dtype == torch.float32
     assert precision.precision_of(precision.apply_precision(small_model(), "float32", "cpu")) == "float32"
 
 
@@ -239,15 +242,26 @@ def test_packed_linear_computes_the_linear_and_travels_as_one(dtype):
     assert torch.equal(fresh(x), got)
 
 
-def test_float_precisions_pack_the_decoder_step_products_only():
+def test_float_precisions_pack_every_linear_and_pointwise_convolution():
+    """On a CPU every Linear and the Conformer's kernel-1 convolutions run on packed weights; the model still
+    saves, pickles and reloads as the plain one, with the same keys and shapes."""
     if not precision.can_pack(torch.float32):
         pytest.skip("this torch build has no oneDNN CPU kernels")
-    model = precision.apply_precision(small_model(), "float32", "cpu")
+    plain = small_model()
+    model = precision.apply_precision(copy.deepcopy(plain), "float32", "cpu")
     packed = {n for n, m in model.named_modules() if isinstance(m, precision.PackedLinear)}
-    assert packed == {n for n, m in small_model().named_modules()
-                      if isinstance(m, torch.nn.Linear) and precision.step_layer(n)}
-    assert "decoder.layers.0.fc1" in packed and "decoder.output_projection" in packed
-    assert "decoder.layers.0.encoder_attn.k_proj" not in packed and "auxiliary_decoder.fc" not in packed
+    assert packed == {n for n, m in plain.named_modules() if isinstance(m, torch.nn.Linear)
+                      or n.endswith("pointwise_conv1d")}
+    assert "encoder.conformer_layers.0.conv_module.first_pointwise_conv1d" in packed
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    saved, reference = model.state_dict(), plain.state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference.items()}
+    assert all(torch.equal(saved[k], reference[k]) for k in reference)
+    again = pickle.loads(pickle.dumps(model))
+    x, lengths = torch.randn(2, 60, 80), torch.tensor([60, 41])
+    with torch.no_grad():
+        a, b, c = (m.encode(x, lengths).out for m in (model, again, plain.eval()))
+    assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-5)
 
 
 FAULTS = """

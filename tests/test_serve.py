@@ -66,7 +66,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_model(MODEL, device="cpu")
+    # the precision `fama serve` and the CLI run by default (load_model's own default is float32)
+    return load_model(MODEL, device="cpu", dtype="auto")
 
 
 @contextmanager
