@@ -48,7 +48,14 @@ from fama_core.decoding import DecodeOptions, decode_encoded  # noqa: E402
 from fama_core.features import SAMPLE_RATE, compute_features  # noqa: E402
 from fama_core.model import FamaModel  # noqa: E402
 from fama_core.pipeline import TranscribeOptions, _batches  # noqa: E402
-from fama_core.precision import FLOAT_DTYPES, apply_precision, precision_of, quantize_int8  # noqa: E402
+from fama_core.precision import (  # noqa: E402
+    FLOAT_DTYPES,
+    PackedLinear,
+    apply_precision,
+    can_pack,
+    precision_of,
+    quantize_int8,
+)
 from fama_core.vad import VadOptions, iter_speech_chunks  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "data" / "media"
@@ -112,6 +119,8 @@ def matmul_peak(name: str, m: int = 512, k: int = 1024, n: int = 4096, reps: int
         layer = quantize_int8(torch.nn.Sequential(layer))
     else:
         layer, x = layer.to(FLOAT_DTYPES[name]), x.to(FLOAT_DTYPES[name])
+        if can_pack(FLOAT_DTYPES[name]):
+            layer = PackedLinear(layer)  # as the model runs it
     with torch.no_grad():
         layer(x)
         best = min(_timed(layer, x) for _ in range(reps))

@@ -1,15 +1,18 @@
 """Transcription pipeline benchmark: memory on long input, pipeline overhead, batching across files.
 
     python benchmarks/transcribe_bench.py [--hours 2] [--overhead-minutes 3] [--short-files 200] [--repeats 3]
+                                          [--small-long 150 75] [--skip memory overhead fama-small batching]
 
 1. Peak memory (max RSS of a child process) transcribing generated speech-with-pauses of 10 minutes and of
    `--hours`, with the tiny model: the two should be about equal (streaming decode, bounded chunk pool).
 2. Overhead: end-to-end time (ffmpeg, VAD, batching, segments, writing) / model-only time (features,
    encoder, decoding, alignment on the same chunks in the same batches), with a random-weight model of
    the `small` preset's shape so that model time is realistic. Target <= 1.15.
-3. Throughput of `--short-files` short files vs one file of the same total duration. Target within 1.3x.
+3. The same at FAMA-small size as users run it (`fama-small`): the model folder loaded with `dtype auto`, beam 5
+   and CTC 0.2 with a forced output length, over a few short and long files. Target <= 1.15.
+4. Throughput of `--short-files` short files vs one file of the same total duration. Target within 1.3x.
 
-Greedy CTC decoding is used throughout: a random-weight model's beam search always runs to the length
+Greedy CTC decoding is used in 1, 2 and 4: a random-weight model's beam search always runs to the length
 limit, which would make decoding cost depend on the number of chunks rather than on the audio.
 Wall and process CPU times are both printed (a shared machine makes wall times noisy).
 """
@@ -63,7 +66,7 @@ def options(**kw):
     return TranscribeOptions(language="en", decode=DecodeOptions(greedy=True), **kw)
 
 
-def run_pipeline(model, tok, paths: list[Path], out_dir: Path) -> float:
+def run_pipeline(model, tok, paths: list[Path], out_dir: Path, opts=None) -> float:
     """End to end over files, writing srt+json; returns audio seconds."""
     from fama_core.inputs import assign_output_stems, expand_inputs
     from fama_core.pipeline import Pipeline
@@ -71,7 +74,7 @@ def run_pipeline(model, tok, paths: list[Path], out_dir: Path) -> float:
 
     items = assign_output_stems(expand_inputs([str(p) for p in paths]), out_dir)
     seconds = 0.0
-    for r in Pipeline(model, tok, options()).run(items):
+    for r in Pipeline(model, tok, opts or options()).run(items):
         assert r.error is None, r.error
         write_transcript(r.transcript, r.item.stem, ["srt", "json"], overwrite=True)
         seconds += r.seconds
@@ -150,6 +153,69 @@ def overhead(tmp: Path, base: Path, minutes: float, repeats: int) -> None:
     print(f"  ratio        : {ew / mw:.3f} wall, {ec / mc:.3f} CPU (target <= 1.15)")
 
 
+def fama_small(tmp: Path, base: Path, long_seconds: list[float], repeats: int) -> None:
+    """A FAMA-small-size model folder (random weights, FAMA's 16,001-entry vocabulary: `load_bench.py`'s) loaded
+    as `fama transcribe` loads it (`dtype auto`), beam 5 and CTC weight 0.2 with 3.3 tokens per second of speech
+    forced (as `speed_bench.py`), over a job of short and long files: the shared recordings and looped speech
+    with pauses. End to end (`Pipeline.run`: ffmpeg, VAD, pooling and batching across files, features,
+    decoding, alignment, segments, writing) against the model alone on the same chunks (`decode_chunks` over
+    the same length-sorted batches)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from load_bench import build_folder
+    from speed_bench import FRAMES_PER_SECOND, TOKENS_PER_SECOND
+
+    import fama_core.pipeline as tr
+    from fama_core import load_model
+    from fama_core.audio import load_audio
+    from fama_core.decoding import DecodeOptions
+    from fama_core.precision import precision_of
+    from fama_core.vad import speech_chunks
+
+    folder = tmp / "fama-small" / "model"
+    folder.parent.mkdir()
+    build_folder("small", folder)
+    t0 = time.perf_counter()
+    model, tok = load_model(folder, device="cpu", dtype="auto")
+    load_s = time.perf_counter() - t0
+    eos = model.cfg.eos
+
+    def no_eos(module, args, out):  # random weights: only the length limit ends a hypothesis
+        out[..., eos] = -1e4
+        return out
+
+    model.decoder.output_projection.register_forward_hook(no_eos)
+    decode = DecodeOptions(beam_size=5, ctc_weight=0.2, max_len_a=TOKENS_PER_SECOND / FRAMES_PER_SECOND,
+                           max_len_b=1, no_repeat_ngram_size=0)
+    opts = options()
+    opts.decode = decode
+    paths = [SHARED / "data" / "media" / c for c in CLIPS]
+    paths += [looped(base, s, tmp / f"long_{int(s)}.flac") for s in long_seconds]
+    chunks = [torch.as_tensor(c.audio) for p in paths for c in speech_chunks(load_audio(p), opts.vad)]
+    lengths = [len(a) for a in chunks]
+    order = sorted(range(len(chunks)), key=lambda j: -lengths[j])
+    batches = list(tr._batches(order, lengths, opts.batch_size, int(opts.batch_seconds * 16000)))
+    lang = [tok.lang_tag_id("en")]
+
+    def model_only():
+        for b in batches:
+            tr.decode_chunks(model, [chunks[j] for j in b], lang * len(b), decode)
+
+    run_pipeline(model, tok, paths[:1], tmp / "warm_small", opts)
+    runs = []
+    for _ in range(repeats):
+        runs.append((timed(model_only), timed(lambda: run_pipeline(model, tok, paths, tmp / "out_small", opts))))
+    _, mw, mc = _median_run([r[0] for r in runs])
+    seconds, ew, ec = _median_run([r[1] for r in runs])
+    speech = sum(lengths) / 16000
+    print(f"fama-small: {len(paths)} files ({seconds / 60:.1f} min of audio, {speech:.0f} s of speech in "
+          f"{len(chunks)} chunks of {min(lengths) / 16000:.1f}-{max(lengths) / 16000:.1f} s, {len(batches)} batches), "
+          f"FAMA-small-size random model loaded in {load_s:.1f} s as {precision_of(model)} (auto), beam 5, "
+          f"CTC 0.2, {TOKENS_PER_SECOND} tokens/s forced, median of {repeats}")
+    print(f"  model only   : {mw:7.1f} s wall, {mc:7.1f} s CPU (RTF {mw / seconds:.3f})")
+    print(f"  end to end   : {ew:7.1f} s wall, {ec:7.1f} s CPU (RTF {ew / seconds:.3f})")
+    print(f"  ratio        : {ew / mw:.3f} wall, {ec / mc:.3f} CPU (target <= 1.15)")
+
+
 def many_files(tmp: Path, n: int, repeats: int) -> None:
     from fama_core import load_model
     from fama_core.audio import load_audio
@@ -186,7 +252,9 @@ def main() -> None:
     ap.add_argument("--overhead-minutes", type=float, default=3.0)
     ap.add_argument("--short-files", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "batching"])
+    ap.add_argument("--small-long", type=float, nargs="*", default=[150.0, 75.0],
+                    help="lengths (s) of the long files of the fama-small job")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "overhead", "fama-small", "batching"])
     ap.add_argument("--child-memory", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child_memory:
@@ -199,6 +267,8 @@ def main() -> None:
             memory(tmp, base, a.hours)
         if "overhead" not in a.skip:
             overhead(tmp, base, a.overhead_minutes, a.repeats)
+        if "fama-small" not in a.skip:
+            fama_small(tmp, base, a.small_long, a.repeats)
         if "batching" not in a.skip:
             many_files(tmp, a.short_files, a.repeats)
 
