@@ -35,7 +35,9 @@ t0 = time.perf_counter()
 model, tok = load_model(sys.argv[1], device="cpu", dtype=sys.argv[2])
 seconds = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from fama_core.precision import PackedLinear
 params = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+params += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, PackedLinear))
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 kb = {k: int(status[k].split()[0]) * 1024 for k in ("VmHWM", "RssAnon", "RssFile")}
 print(json.dumps({"before": before, "peak": peak, "seconds": seconds, "numel": params, **kb}))

@@ -413,9 +413,10 @@ def build_model(cfg: ModelConfig, sd: Weights, source: str, device: str | torch.
         if floating and not _all_finite(t):
             raise CheckpointError(f"{source}: tensor {k} contains NaN or infinite values")
         out = t.to(device=device, dtype=target if floating else expected[k].dtype)
-        # a float tensor already in the target dtype stays a view of the mapped file; other unconverted ones
-        # (BatchNorm's counters) are copied so that the maps of converted tensors can be released
-        loaded[k] = out.clone() if not floating and out.data_ptr() == t.data_ptr() else out
+        # Copied out of the mapped file when unconverted, so that each map is released once its tensors are
+        # read: on a CPU the weights are then packed for oneDNN (a second copy), and a view kept the whole file
+        # resident beside the packed copies (peak 2.2x the weights at FAMA-small size, 1.04x copied).
+        loaded[k] = out.clone() if out.data_ptr() == t.data_ptr() else out
         del t, out
     model.load_state_dict(loaded, strict=True, assign=True)
     return model
@@ -743,8 +744,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
 
     Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32;
     "auto", "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer. Weights are read one tensor
-    at a time, straight into their device and (floating-point) dtype. On a CPU the decoder's weights are laid out
-    for inference (`precision.PackedLinear`) unless `trainable` (fine-tuning: plain Linears everywhere).
+    at a time, straight into their device and (floating-point) dtype. On a CPU the weights of every Linear are laid
+    out for inference (`precision.PackedLinear`) unless `trainable` (fine-tuning: plain Linears everywhere).
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading

@@ -183,10 +183,12 @@ class PackedLinear(nn.Module):
 
 def _replace(model: nn.Module, pick: Callable[[str, nn.Module], bool],
              make: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Every submodule that `pick(name, module)` selects replaced by `make(module)`, in place."""
-    for name, module in [(n, m) for n, m in model.named_modules() if pick(n, m)]:
+    """Every submodule that `pick(name, module)` selects replaced by `make(module)`, in place, one at a time (each
+    replaced module is freed before the next is made: holding them all doubled the peak memory of packing)."""
+    for name in [n for n, m in model.named_modules() if pick(n, m)]:
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, make(module))
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, attr, make(getattr(owner, attr)))
     return model
 
 
