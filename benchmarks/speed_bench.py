@@ -326,11 +326,12 @@ def main() -> None:
         med = _medians(runs[name])
         results[name] = med
         resolved = precision_of(model)
-        peak = matmul_peak(resolved) if args.device == "cpu" else float("nan")
+        encoder_precision = "float32" if resolved == "int8" else resolved  # int8 quantises the decoder only
+        peak = matmul_peak(encoder_precision) if args.device == "cpu" else float("nan")
         print(f"{name:>9} ({resolved}): encoder {med['encoder']:.2f} s + search {med['search']:.2f} s = "
               f"{med['total']:.2f} s, RTF {med['total'] / audio_s:.3f} (runs: "
               f"{_totals(runs[name])} s); encoder "
-              f"{flops / med['encoder'] / 1e9:.1f} GFLOP/s vs matmul peak {peak / 1e9:.1f} GFLOP/s")
+              f"{flops / med['encoder'] / 1e9:.1f} GFLOP/s vs {encoder_precision} matmul peak {peak / 1e9:.1f} GFLOP/s")
     best = min(results, key=lambda k: results[k]["total"])
     print(f"fastest: {best}, RTF {results[best]['total'] / audio_s:.3f}")
     chosen = "auto" if "auto" in results else auto if auto in results else None
