@@ -51,6 +51,7 @@ def child_server(port: int, threads: int, tokens: int, layers: str) -> None:
     from fama_core.decoding import DecodeOptions
     from fama_core.model import FamaModel
     from fama_core.pipeline import TranscribeOptions
+    from fama_core.precision import apply_precision
     from fama_core.server import BatchPool, ServeOptions, create_app
     from fama_core.tokenizer import Tokenizer
 
@@ -60,7 +61,7 @@ def child_server(port: int, threads: int, tokens: int, layers: str) -> None:
     torch.manual_seed(0)
     cfg = preset("small", vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
                  encoder_layers=enc, decoder_layers=dec, ctc_encoder_layer=min(8, enc))
-    model = FamaModel(cfg).eval()
+    model = apply_precision(FamaModel(cfg), "auto", "cpu")  # as `fama serve` loads a model
     decode = DecodeOptions(beam_size=5, ctc_weight=0.2, min_len=tokens, max_len_b=tokens)
     pool = BatchPool(model, tokenizer, f"random-small-{enc}x{dec}", ServeOptions(TranscribeOptions(decode=decode)))
     uvicorn.run(create_app(pool), host="127.0.0.1", port=port, log_level="warning")
@@ -76,14 +77,16 @@ def model_ceiling(threads: int, tokens: int, layers: str, n: int) -> float:
     from fama_core.decoding import DecodeOptions
     from fama_core.model import FamaModel
     from fama_core.pipeline import decode_chunks
+    from fama_core.precision import apply_precision
     from fama_core.tokenizer import Tokenizer
 
     torch.set_num_threads(threads)
     tokenizer = Tokenizer.from_folder(MODEL)
     enc, dec = (int(k) for k in layers.split(","))
     torch.manual_seed(0)
-    model = FamaModel(preset("small", vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
-                             encoder_layers=enc, decoder_layers=dec, ctc_encoder_layer=min(8, enc))).eval()
+    model = apply_precision(FamaModel(preset("small", vocab_size=tokenizer.vocab_size,
+                                             src_vocab_size=tokenizer.vocab_size, encoder_layers=enc,
+                                             decoder_layers=dec, ctc_encoder_layer=min(8, enc))), "auto", "cpu")
     decode = DecodeOptions(beam_size=5, ctc_weight=0.2, min_len=tokens, max_len_b=tokens)
     audios = [torch.as_tensor(load_audio(CLIPS[i % len(CLIPS)])) for i in range(n)]
     en = [tokenizer.lang_tag_id("en")]
