@@ -8,7 +8,8 @@ Two servers, each in its own process, on 127.0.0.1, with the fixture clips of te
 1. the trained fixture model through `python -m fama_cli serve` (beam 5, CTC weight 0.2, natural output length);
 2. a random-weight model of FAMA-small's shape (12 Conformer + 6 decoder layers, d_model 1024; the fixture
    tokenizer's 256-token vocabulary) with every output forced to `--tokens` tokens (`min_len` = `max_len_b`: a
-   random model's beam search would otherwise stop at arbitrary lengths), beam 5, CTC weight 0.2.
+   random model's beam search would otherwise stop at arbitrary lengths), beam 5, CTC weight 0.2, prepared as
+   `fama serve` prepares a loaded model (`dtype auto`, packed weights on a CPU).
 Each phase sends `--requests` requests: first one at a time from one client, then from `--clients` threads at
 once. Printed: requests/s, audio seconds per second, p50/p95 latency, the server's batch counters, the
 model-only batching gain of the random model (`decode_chunks` on 16 clips one by one vs in one batch: the
