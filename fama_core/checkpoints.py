@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from .config import PRESETS, ModelConfig
 from .model import FamaModel
 from .outputs import atomic_path, file_mode
-from .precision import DTYPES, apply_precision
+from .precision import DTYPES, apply_precision, return_freed_memory
 from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
 
 FORMAT_NAME = "fama"
@@ -415,7 +415,7 @@ def build_model(cfg: ModelConfig, sd: Weights, source: str, device: str | torch.
         out = t.to(device=device, dtype=target if floating else expected[k].dtype)
         # Copied out of the mapped file when unconverted, so that each map is released once its tensors are
         # read: on a CPU the weights are then packed for oneDNN (a second copy), and a view kept the whole file
-        # resident beside the packed copies (peak 2.2x the weights at FAMA-small size, 1.04x copied).
+        # resident beside the packed copies (a float32 load of FAMA-small peaked at 2.1x the weights).
         loaded[k] = out.clone() if out.data_ptr() == t.data_ptr() else out
         del t, out
     model.load_state_dict(loaded, strict=True, assign=True)
@@ -749,6 +749,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading
+    if dev.type == "cpu":
+        return_freed_memory()  # until `apply_precision` has packed the weights
     name = str(name_or_path)
     path = BUNDLED.get(name, Path(name_or_path))
     if path.is_dir():
