@@ -742,12 +742,14 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     """The one way to get a model: a model folder, a `.pt` (FBK fairseq or fama training checkpoint), an alias
     (`fama-small`; `fama-demo` ships with fama) or a hub repo id.
 
-    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default float32;
-    "auto", "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer. Weights are read one tensor
-    at a time, straight into their device and (floating-point) dtype. On a CPU the weights of every Linear are laid
+    Returns the model in eval mode on `device` (default: cuda if available) in `dtype` (default "auto": the
+    fastest precision on this machine, float32 when `trainable`; "float32" reproduces FBK's outputs;
+    "bfloat16", "float16", "int8": see `precision.py`), and its tokenizer. Weights are read one tensor at a
+    time, straight into their device and (floating-point) dtype. On a CPU the weights of every Linear are laid
     out for inference (`precision.PackedLinear`) unless `trainable` (fine-tuning: plain Linears everywhere).
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    dtype = ("float32" if trainable else "auto") if dtype is None else dtype
     dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading
     if dev.type == "cpu":
         return_freed_memory()  # until `apply_precision` has packed the weights
@@ -762,4 +764,4 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     else:
         raise CheckpointError(f"{name}: no such file or folder, and not a model alias or hub repo id "
                               f"(aliases: {', '.join(known_aliases())})")
-    return apply_precision(model, dtype or dt or "float32", dev, pack=not trainable), tok
+    return apply_precision(model, dtype, dev, pack=not trainable), tok

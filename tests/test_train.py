@@ -100,7 +100,7 @@ def test_keep_last_and_average_matches_mean(corpus, tmp_path):
     assert names == ["checkpoint_2.pt", "checkpoint_3.pt", "checkpoint_4.pt", "checkpoint_last.pt"]
     folder = average(folder=tmp_path / "run", last=2, output=tmp_path / "avg")
     sds = [_params(tmp_path / "run" / f"checkpoint_{n}.pt") for n in (3, 4)]
-    model, _ = load_model(folder, device="cpu")
+    model, _ = load_model(folder, device="cpu", dtype="float32")
     got = model.state_dict()
     for k, v in sds[0].items():
         if v.is_floating_point():
@@ -137,7 +137,7 @@ def test_stage2_finetunes_from_average_and_validates(corpus, tmp_path, monkeypat
         assert groups[key.split("_", 1)[1]]["wer" if task == "asr" else "bleu"] == valid[1][key]
     st = sum(r["st_batches"] for r in records if r["event"] == "train")
     assert 0 < st < 6 * 1  # each update is one batch here; the ASR/ST draw gives both kinds
-    start = load_model(tmp_path / "s1avg", device="cpu")[0].state_dict()
+    start = load_model(tmp_path / "s1avg", device="cpu", dtype="float32")[0].state_dict()
     first = [r for r in records if r["event"] == "start"][0]
     assert first["parameters"] == sum(v.numel() for k, v in start.items() if "running" not in k
                                       and "num_batches" not in k)
