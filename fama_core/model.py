@@ -223,7 +223,8 @@ class ConformerConvModule(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
-        # Pointwise convolutions run as matrix products in B x T x C; only the depthwise part needs B x C x T.
+        # Pointwise convolutions run as matrix products in B x T x C; only the depthwise convolution of training
+        # (and GPUs) needs B x C x T.
         m = padding_mask.unsqueeze(-1)
         x = F.glu(pointwise(self.first_pointwise_conv1d, self.layernorm(x)), dim=-1).masked_fill(m, 0.0)
         if x.device.type == "cpu" and not self.training and not torch.is_grad_enabled():
@@ -530,9 +531,8 @@ class TransformerDecoder(nn.Module):
         """`beams` hypothesis rows per utterance; `capacity`: the most steps that will be run (None: unknown)."""
         cross = [layer.encoder_attn.project_kv(enc.out) for layer in self.layers]
         if enc.out.device.type == "cpu":
-            # Each utterance attends to its own frames (`MultiheadAttention.attend`): a chunk's tokens then never
-            # depend on the rest of its batch.
-            # Kept per utterance, its own frames contiguous (oneDNN copies a strided bfloat16 operand at every
+            # Kept per utterance, on its own frames (`MultiheadAttention.attend`: a chunk's tokens then never
+            # depend on the rest of its batch), contiguous (oneDNN copies a strided bfloat16 operand at every
             # product), in float32 for a float16 model (slow CPU products; small attention weights fall below
             # float16's normal range).
             dtype = torch.float32 if enc.out.dtype == torch.float16 else enc.out.dtype
