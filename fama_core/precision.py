@@ -32,7 +32,7 @@ DTYPES = {**FLOAT_DTYPES, **{alias: FLOAT_DTYPES[name] for alias, name in ALIASE
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
 AUTO_CANDIDATES = CPU_CANDIDATES  # what `auto` may pick on a CPU
 PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more exact one to be chosen
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: the probe times the encoder on packed weights, as inference now runs it
 
 
 def normalize(precision: str | torch.dtype | None) -> str:
