@@ -115,7 +115,7 @@ def test_process_substitution_input_is_transcribed(tmp_path) -> None:
 
 
 def test_library_refuses_a_waveform_with_nan() -> None:
-    model = load_model(str(MODEL), device="cpu")
+    model = load_model(str(MODEL), device="cpu", dtype="float32")
     wave_ok = load_audio(CATS)
     assert transcribe(wave_ok, model, language="en").text == CATS_TEXT.strip()
     broken = wave_ok.copy()

@@ -215,7 +215,7 @@ def tiny_path():
 def tiny(tiny_path):
     from fama_core.checkpoints import load_model
 
-    return load_model(tiny_path, device="cpu")
+    return load_model(tiny_path, device="cpu", dtype="float32")
 
 
 def _asr_manifest(path, media):
@@ -301,7 +301,7 @@ def test_trained_tiny_model_scores(tmp_path, media):
     per batch) changes no hypothesis."""
     from fama_core.checkpoints import load_model
 
-    pair = load_model(TRAINED_TINY, device="cpu")
+    pair = load_model(TRAINED_TINY, device="cpu", dtype="float32")
     manifest = _asr_manifest(tmp_path / "test.tsv", media)
     rep = evaluate(manifest, pair, task="asr", batch_size=16)
     assert isinstance(rep.overall, WerResult) and rep.overall.utterances == 5 and not rep.failed

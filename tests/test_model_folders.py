@@ -23,7 +23,7 @@ TINY = ROOT / "tests" / "fixtures" / "tiny_trained"
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model(TINY, device="cpu")
+    return load_model(TINY, device="cpu", dtype="float32")
 
 
 def fama(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -33,7 +33,7 @@ CLIP = DEMO / "clips" / "en_cats.wav"
 
 @pytest.fixture(scope="module")
 def demo():
-    return load_model("fama-demo", device="cpu")
+    return load_model("fama-demo", device="cpu", dtype="float32")
 
 
 def fama(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

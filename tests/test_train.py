@@ -61,7 +61,7 @@ def test_overfit_tiny_model_greedy_output_equals_transcripts(corpus, tmp_path):
     last = train(tiny_options(corpus, tmp_path / "run", max_update=160, model_overrides=no_dropout))
     seconds = time.time() - start
     average(folder=tmp_path / "run", last=1, output=tmp_path / "model")
-    model, tok = load_model(tmp_path / "model", device="cpu")
+    model, tok = load_model(tmp_path / "model", device="cpu", dtype="float32")
     hyps, refs = greedy_texts(model, tok, corpus["asr"], "en")
     assert hyps == refs
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]

@@ -218,7 +218,7 @@ def test_library_refuses_options_that_cannot_work():
     from fama_core.decoding import DecodeOptions
     from fama_core.pipeline import Pipeline, TranscribeOptions
 
-    model, tok = load_model(MODEL, device="cpu")
+    model, tok = load_model(MODEL, device="cpu", dtype="float32")
     for decode, message in ((DecodeOptions(beam_size=300), "smaller than the model's vocabulary"),
                             (DecodeOptions(max_len_b=0), "max tokens must be at least 1"),
                             (DecodeOptions(no_repeat_ngram_size=-1), "no-repeat n-gram size")):

@@ -20,7 +20,8 @@ from conftest import require_shared
 def tiny():
     from fama_core import load_model
 
-    return load_model(require_shared("fixtures", "fbk_reference", "tiny", "checkpoint.pt"), device="cpu")
+    path = require_shared("fixtures", "fbk_reference", "tiny", "checkpoint.pt")
+    return load_model(path, device="cpu", dtype="float32")
 
 
 def fixed_chunks(seconds: float):
