@@ -110,6 +110,18 @@ class FeedForwardModule(nn.Module):
         return self.dropout(self.second_linear(x))
 
 
+def cpu_inference(t: Tensor) -> bool:
+    """Whether `t` is computed for CPU inference (no autograd), where fama takes its CPU-only paths: attention
+    per utterance in explicit products, packed weights, the folded depthwise convolution."""
+    return t.device.type == "cpu" and not torch.is_grad_enabled()
+
+
+def cpu_product_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of CPU inference's attention products for a model in `dtype`: its own, but float32 for
+    float16 (slow CPU products; small attention weights fall below float16's normal range)."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 class RelativeMultiHeadAttention(nn.Module):
     """Transformer-XL attention as FBK implements it: scores divided by sqrt(d_model), not sqrt(d_head)."""
 
@@ -134,8 +146,8 @@ class RelativeMultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, shift: Tensor | list[int], mask: Tensor) -> Tensor:
         """`shift`: `relative_shift_index` of the batch, or (CPU inference) the rows' lengths, shifted one by one
         as strided views: on a CPU the gather's index costs more than the attention, and explicit products beat
-        `scaled_dot_product_attention` (a layer's attention over 2 x 733 frames: 29 ms against 50 ms in bfloat16,
-        45 ms against 56 ms in float32, on a Zen 5)."""
+        `scaled_dot_product_attention` (a layer's attention over 2 x 733 frames, products still in float32: 29 ms
+        against 50 ms in bfloat16, 45 ms against 56 ms in float32, on a Zen 5)."""
         B, T, _ = x.shape
         H, D = self.heads, self.head_dim
         q = self.query_proj(x).view(B, T, H, D)
@@ -166,11 +178,11 @@ class RelativeMultiHeadAttention(nn.Module):
         utterance of length L against [0, p_0 .. p_L-1] form an L x (L+1) matrix whose first column is the
         inserted zero; read with row stride L from offset L it is FBK's shifted L x L matrix.
 
-        Scores are summed and normalised in float32. The products run in bfloat16 for a bfloat16 model (each
-        score and weight rounded once: no measurable change in the encoder states, whose own rounding is far
-        larger, and 4x faster than float32 products), else in float32."""
+        Scores are summed and normalised in float32. The products run in `cpu_product_dtype`: bfloat16 for a
+        bfloat16 model (each score and weight rounded once: no measurable change in the encoder states, whose own
+        rounding is far larger, and 4x faster than float32 products)."""
         H = self.heads
-        work = torch.bfloat16 if q.dtype == torch.bfloat16 else torch.float32
+        work = cpu_product_dtype(q.dtype)
         scale = 1.0 / math.sqrt(self.dim)
         folded = math.frexp(scale)[0] == 0.5  # a power of two: scaling the queries is exact
         qu, qv = q + self.u_bias, q + self.v_bias
@@ -227,7 +239,7 @@ class ConformerConvModule(nn.Module):
         # (and GPUs) needs B x C x T.
         m = padding_mask.unsqueeze(-1)
         x = F.glu(pointwise(self.first_pointwise_conv1d, self.layernorm(x)), dim=-1).masked_fill(m, 0.0)
-        if x.device.type == "cpu" and not self.training and not torch.is_grad_enabled():
+        if cpu_inference(x) and not self.training:
             x = self._depthwise_batchnorm(x).masked_fill(m, 0.0)
         else:
             x = self.depthwise_conv1d(x.transpose(1, 2)).transpose(1, 2).masked_fill(m, 0.0)
@@ -305,7 +317,7 @@ class ConformerEncoder(nn.Module):
         padding_mask = lengths_to_padding_mask(lengths, T)
         attn_mask = padding_mask.unsqueeze(1) | padding_mask.unsqueeze(2)
         pos = relative_positions_table(T, self.cfg.d_model, x.device).to(x.dtype)
-        if x.device.type == "cpu" and not torch.is_grad_enabled():
+        if cpu_inference(x):
             shift: Tensor | list[int] = lengths.tolist()
         else:
             shift = relative_shift_index(lengths, T)
@@ -359,26 +371,24 @@ class MultiheadAttention(nn.Module):
         v = self.v_proj(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
         return k, v
 
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-               lengths: list[int] | None = None) -> Tensor:
-        """x: B x L x C queries; k, v: B x H x S x D (or lists of H x S_b x D); mask: bool, True = blocked,
-        broadcastable to B x H x L x S.
-        `lengths` (CPU inference, cross-attention; then no mask): each row attends to its first lengths[b] keys
-        only, on its own, so that its result never depends on how long the batch's other rows are.
+    def attend(self, x: Tensor, k: Tensor | list[Tensor], v: Tensor | list[Tensor], mask: Tensor | None) -> Tensor:
+        """x: B x L x C queries; k, v: B x H x S x D; mask: bool, True = blocked, broadcastable to B x H x L x S.
+        k and v may instead be lists of each row's own H x S_b x D (CPU inference, cross-attention; then no mask):
+        each row then attends on its own, so that its result never depends on how long the batch's other rows are.
 
         In CPU inference the scores are normalised in float32 from products in the keys' precision (see
         `DecoderCache` and `init_cache`); elsewhere SDPA."""
         B, L, C = x.shape
         q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)
         scale = self.head_dim**-0.5  # a power of two: exact on either side of the product
-        if lengths is not None:
+        if isinstance(k, list):
             q = (q.to(k[0].dtype) * scale).contiguous()
             out = q.new_empty(q.shape)
-            for b, n in enumerate(lengths):
-                scores = torch.matmul(q[b], k[b][:, :n].transpose(1, 2)).float()
-                out[b] = torch.matmul(torch.softmax(scores, -1).to(v[b].dtype), v[b][:, :n])
+            for b, (keys, values) in enumerate(zip(k, v)):
+                scores = torch.matmul(q[b], keys.transpose(1, 2)).float()
+                out[b] = torch.matmul(torch.softmax(scores, -1).to(values.dtype), values)
             out = out.to(x.dtype)
-        elif x.device.type == "cpu" and not torch.is_grad_enabled():
+        elif cpu_inference(x):
             # Explicit products run 5x faster than SDPA's CPU kernel on a decoding step's few queries.
             scores = torch.matmul(q.to(k.dtype) * scale, k.transpose(2, 3)).float()
             if mask is not None:
@@ -409,10 +419,9 @@ class TransformerDecoderLayer(nn.Module):
         self,
         x: Tensor,
         self_mask: Tensor | None,
-        cross_kv: tuple[Tensor, Tensor],
+        cross_kv: tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]],
         cross_mask: Tensor | None,
         keep_kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
-        cross_lengths: list[int] | None = None,
     ) -> Tensor:
         """`keep_kv` (incremental decoding) stores this input's self-attention keys/values and returns all of
         them so far; without it `x` attends to itself.
@@ -428,7 +437,7 @@ class TransformerDecoderLayer(nn.Module):
         N, L, C = x.shape
         U = len(cross_kv[0])
         h = self.encoder_attn_layer_norm(x).reshape(U, N // U * L, C)
-        x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask, cross_lengths).view(N, L, C))
+        x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask).view(N, L, C))
         h = self.activation_dropout(F.relu(self.fc1(self.final_layer_norm(x))))
         return x + self.dropout(self.fc2(h))
 
@@ -450,7 +459,6 @@ class DecoderCache:
     capacity: int | None = None
     self_kv: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     steps: int = 0
-    cross_lengths: list[int] | None = None  # on a CPU: each utterance's frames (no mask)
     _spare: Tensor | None = None
 
     def keep(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -460,7 +468,7 @@ class DecoderCache:
             size = min(self.capacity or 32, 32)
             # float32 in CPU inference: oneDNN's bfloat16 product over a few cached positions per query costs 2-4x
             # MKL's float32 one (it copies the strided prefix of the buffer)
-            dtype = torch.float32 if k.device.type == "cpu" and not torch.is_grad_enabled() else k.dtype
+            dtype = torch.float32 if cpu_inference(k) else k.dtype
             self.self_kv.append(tuple(t.new_empty(*t.shape[:2], size, t.shape[3], dtype=dtype) for t in (k, v)))
         keys, values = self.self_kv[layer]
         if s == keys.shape[2]:
@@ -477,8 +485,6 @@ class DecoderCache:
                       for kv in self.cross]
         if self.cross_mask is not None:
             self.cross_mask = self.cross_mask[utts]
-        if self.cross_lengths is not None:
-            self.cross_lengths = [self.cross_lengths[u] for u in utts.tolist()]
         self.self_kv = [(k[rows], v[rows]) for k, v in self.self_kv]
         self._spare = None
 
@@ -533,13 +539,12 @@ class TransformerDecoder(nn.Module):
         if enc.out.device.type == "cpu":
             # Kept per utterance, on its own frames (`MultiheadAttention.attend`: a chunk's tokens then never
             # depend on the rest of its batch), contiguous (oneDNN copies a strided bfloat16 operand at every
-            # product), in float32 for a float16 model (slow CPU products; small attention weights fall below
-            # float16's normal range).
-            dtype = torch.float32 if enc.out.dtype == torch.float16 else enc.out.dtype
+            # product), in `cpu_product_dtype`.
+            dtype = cpu_product_dtype(enc.out.dtype)
             lengths = enc.lengths.tolist()
             cross = [tuple([t[b, :, :n].to(dtype).contiguous() for b, n in enumerate(lengths)] for t in kv)
                      for kv in cross]
-            return DecoderCache(cross, None, beams, capacity, cross_lengths=lengths)
+            return DecoderCache(cross, None, beams, capacity)
         mask = enc.padding_mask[:, None, None, :] if bool(enc.padding_mask.any()) else None
         return DecoderCache(cross, mask, beams, capacity)
 
@@ -562,7 +567,7 @@ class TransformerDecoder(nn.Module):
         position = cache.steps + 1 + self.padding_idx
         x = self.embed(tokens.unsqueeze(1), torch.full_like(tokens, position).unsqueeze(1), position + 1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, None, cache.cross[i], cache.cross_mask, functools.partial(cache.keep, i), cache.cross_lengths)
+            x = layer(x, None, cache.cross[i], cache.cross_mask, functools.partial(cache.keep, i))
         cache.steps += 1
         return self.output_projection(self.layer_norm(x[:, 0]))
 

@@ -101,9 +101,9 @@ class Int8Linear(nn.Module):
 
 def step_layer(name: str) -> bool:
     """Whether the Linear called `name` is one of the decoder's products that run once per step on a few rows
-    each, bound by reading the weights: those `int8` quantises (4x fewer bytes) and float weights are packed for
-    (`PackedLinear`). The encoder, the cross-attention keys/values of the encoder frames and the top CTC head
-    run once per chunk on many rows and stay as they are: on the demo model's outputs, an int8 encoder changed
+    each, bound by reading the weights: those `int8` quantises (4x fewer bytes). The encoder, the
+    cross-attention keys/values of the encoder frames and the top CTC head run once per chunk on many rows and
+    stay float32 (packed, like every float Linear on a CPU): on the demo model's outputs, an int8 encoder changed
     9-16 of 170 outputs, against 4-6 for the int8 decoder."""
     return name == "decoder.output_projection" or (
         name.startswith("decoder.layers.") and not name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj")))
