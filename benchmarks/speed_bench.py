@@ -82,10 +82,14 @@ def speech_chunks(seconds: float) -> list[np.ndarray]:
 def build(size: str, seed: int, layers: int | None = None) -> FamaModel:
     torch.manual_seed(seed)
     depth = {} if layers is None else {"encoder_layers": layers, "decoder_layers": layers, "ctc_encoder_layer": 1}
-    model = FamaModel(preset(size, **depth)).eval()
+    return suppress_eos(FamaModel(preset(size, **depth)).eval())
+
+
+def suppress_eos(model: FamaModel) -> FamaModel:
+    """Random weights: only the length limit (`forced_options`) may end a hypothesis."""
     eos = model.cfg.eos
 
-    def no_eos(module, args, out):  # only the length limit ends a hypothesis
+    def no_eos(module, args, out):
         out[..., eos] = -1e4
         return out
 
@@ -93,10 +97,15 @@ def build(size: str, seed: int, layers: int | None = None) -> FamaModel:
     return model
 
 
+def forced_options() -> DecodeOptions:
+    """Beam 5, CTC 0.2, TOKENS_PER_SECOND tokens per second of speech (with `suppress_eos`)."""
+    return DecodeOptions(beam_size=5, ctc_weight=0.2, max_len_a=TOKENS_PER_SECOND / FRAMES_PER_SECOND,
+                         max_len_b=1, min_len=1, no_repeat_ngram_size=0)
+
+
 @torch.no_grad()
 def run_once(model: FamaModel, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    opts = DecodeOptions(beam_size=5, ctc_weight=0.2, max_len_a=TOKENS_PER_SECOND / FRAMES_PER_SECOND,
-                         max_len_b=1, min_len=1, no_repeat_ngram_size=0)
+    opts = forced_options()
     enc_s = search_s = 0.0
     for feats, lengths in batches:
         t0 = time.perf_counter()
@@ -335,7 +344,7 @@ def main() -> None:
     best = min(results, key=lambda k: results[k]["total"])
     print(f"fastest: {best}, RTF {results[best]['total'] / audio_s:.3f}")
     chosen = "auto" if "auto" in results else auto if auto in results else None
-    if chosen is not None:
+    if chosen is not None and len(results) > 1:  # (with `--precisions auto` alone there is nothing to compare)
         fixed = min((k for k in results if k != "auto"), key=lambda k: results[k]["total"])
         print(f"auto ({auto}) / best fixed precision ({fixed}) time: "
               f"{results[chosen]['total'] / results[fixed]['total']:.3f}")

@@ -162,12 +162,11 @@ def fama_small(tmp: Path, base: Path, long_seconds: list[float], repeats: int) -
     the same length-sorted batches)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from load_bench import build_folder
-    from speed_bench import FRAMES_PER_SECOND, TOKENS_PER_SECOND
+    from speed_bench import TOKENS_PER_SECOND, forced_options, suppress_eos
 
     import fama_core.pipeline as tr
     from fama_core import load_model
     from fama_core.audio import load_audio
-    from fama_core.decoding import DecodeOptions
     from fama_core.precision import precision_of
     from fama_core.vad import speech_chunks
 
@@ -177,15 +176,8 @@ def fama_small(tmp: Path, base: Path, long_seconds: list[float], repeats: int) -
     t0 = time.perf_counter()
     model, tok = load_model(folder, device="cpu", dtype="auto")
     load_s = time.perf_counter() - t0
-    eos = model.cfg.eos
-
-    def no_eos(module, args, out):  # random weights: only the length limit ends a hypothesis
-        out[..., eos] = -1e4
-        return out
-
-    model.decoder.output_projection.register_forward_hook(no_eos)
-    decode = DecodeOptions(beam_size=5, ctc_weight=0.2, max_len_a=TOKENS_PER_SECOND / FRAMES_PER_SECOND,
-                           max_len_b=1, no_repeat_ngram_size=0)
+    suppress_eos(model)
+    decode = forced_options()
     opts = options()
     opts.decode = decode
     paths = [SHARED / "data" / "media" / c for c in CLIPS]
