@@ -83,18 +83,21 @@ def serve(
                                 no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
                                 batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
     subtitles = subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds, max_cps)
-    set_threads(threads)  # before loading: `--dtype auto` probes with these threads
-
     import uvicorn
 
-    from fama_core.server import BatchPool, ServeOptions, create_app
+    from fama_core.server import BatchPool, ServeOptions, compute_thread, create_app
 
-    loaded, tokenizer, devices = load_for_cli(model, device, dtype, local_files_only, one_device=True)
+    def load() -> tuple:
+        set_threads(threads)  # before loading: `--dtype auto` probes with these threads
+        return load_for_cli(model, device, dtype, local_files_only, one_device=True)
+
+    compute = compute_thread()  # loads the model, then decodes
+    loaded, tokenizer, devices = compute.submit(load).result()
     options = ServeOptions(
         transcribe=dataclasses.replace(transcribe, readers=readers), subtitles=subtitles,
         batch_wait=batch_wait_ms / 1000, max_upload_bytes=int(max_upload_mb * 2**20), max_requests=max_requests,
         timeout=timeout, api_key=api_key or None)
-    pool = BatchPool(loaded, tokenizer, model, options)
+    pool = BatchPool(loaded, tokenizer, model, options, compute)
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it",
                   soft_wrap=True)

@@ -42,7 +42,17 @@ import torch
 
 from .features import SAMPLE_RATE
 from .inputs import STDIN, InputFile
-from .pipeline import FileResult, Pipeline, TranscribeOptions, _batches, _File, _reader, language_scores
+from .pipeline import (
+    FileResult,
+    Pipeline,
+    TranscribeOptions,
+    _batches,
+    _File,
+    _reader,
+    batch_padding,
+    compute_thread,
+    language_scores,
+)
 from .precision import keep_freed_memory
 
 RAY_MISSING = 'Ray is not installed: pip install "fama[ray]" (or pip install "ray[data]")'
@@ -262,7 +272,8 @@ class ChunkDecoder:
             todo = [j for j in audios if (batch["lang_id"][j] == DETECT) == detect]
             lengths = [len(audios[j]) for j in todo]
             order = sorted(range(len(todo)), key=lambda k: -lengths[k])
-            for group in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
+            for group in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
+                                  batch_padding(model.device)):
                 rows = [todo[k] for k in group]
                 try:
                     out = self._run(model, [audios[j] for j in rows], [int(batch["lang_id"][j]) for j in rows],
@@ -378,7 +389,12 @@ class RayExecutor:
                          compute=ray.data.TaskPoolStrategy(size=readers))
         return ds.map_batches(
             ChunkDecoder, batch_size=self.rows_per_call, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=r.actors, max_tasks_in_flight_per_actor=2 if r.gpus else 1),
+            # calls on the actor's main thread, which loaded the model (Ray Data otherwise makes another thread run
+            # them): a second thread with torch threads of its own slows both (`pipeline.reading_thread`), and
+            # glibc gives another thread an arena of 64 MB heaps, mapping every larger tensor afresh at each use
+            # (~15 % of the decoding time at FAMA-small's size on a CPU)
+            compute=ray.data.ActorPoolStrategy(size=r.actors, max_tasks_in_flight_per_actor=2 if r.gpus else 1,
+                                               enable_true_multi_threading=True),
             fn_constructor_kwargs={"model": replica, "options": self.pipeline.options, "threads": r.threads,
                                    "device": "cuda" if r.gpus else "cpu"},
             num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None)
@@ -470,21 +486,25 @@ class FamaTranscriber:
         or, better (no copy per replica), of `SharedModel.of(model, tokenizer)`;
         `device`: as `--device` (default: the actor's GPU, else the CPU); `threads`: torch CPU threads;
         extra keyword arguments set `DecodeOptions` fields (beam_size=1, greedy=True, ...)."""
-        from .checkpoints import load_model
         from .pipeline import _options, resolve_devices
 
         self.devices = resolve_devices(device)
+        self.name = str(model) if isinstance(model, (str, Path)) else ""
+        self.defaults = _options(task, language, options, decode_kwargs)
+        self.pipelines: dict[tuple[str, str], Pipeline] = {}
+        # Ray Data calls a class from another thread than the one it was built in: the model is loaded and run on
+        # one thread of its own
+        self.compute = compute_thread()
+        self.model, self.tokenizer = self.compute.submit(self._load, model, dtype, threads, local_files_only).result()
+
+    def _load(self, model: Any, dtype: str, threads: int | None, local_files_only: bool | None) -> tuple[Any, Any]:
+        from .checkpoints import load_model
+
         if threads:
             torch.set_num_threads(threads)
         if isinstance(model, (str, Path)):
-            self.name = str(model)
-            self.model, self.tokenizer = load_model(model, device=self.devices[0], dtype=dtype,
-                                                    local_files_only=local_files_only)
-        else:
-            self.name = ""
-            self.model, self.tokenizer = _resolve(model, None, self.devices[0])
-        self.defaults = _options(task, language, options, decode_kwargs)
-        self.pipelines: dict[tuple[str, str], Pipeline] = {}
+            return load_model(model, device=self.devices[0], dtype=dtype, local_files_only=local_files_only)
+        return _resolve(model, None, self.devices[0])
 
     def _pipeline(self, task: str, language: str) -> Pipeline:
         key = (task or self.defaults.task, language or self.defaults.language)
@@ -494,6 +514,9 @@ class FamaTranscriber:
         return self.pipelines[key]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.compute.submit(self._call, batch).result()
+
+    def _call(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(next(iter(batch.values())))
         paths = [str(x) for x in batch["path"]] if "path" in batch else [f"<bytes {k}>" for k in range(n)]
         data = batch.get("bytes")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import queue
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,13 +162,21 @@ def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.T
     return torch.stack(scores, dim=1).cpu()
 
 
-MAX_PADDING = 1.3  # padded / real audio in a batch: a short chunk starts a new batch rather than be padded more
+MAX_PADDING = 1.3  # padded / real audio in a GPU batch: a short chunk starts a new batch rather than be padded more
+
+
+def batch_padding(device: str | torch.device) -> float:
+    """The most padded / real audio of a decoding batch on `device`: MAX_PADDING on a GPU, none on a CPU, where
+    `FamaModel.encode` encodes rows of different lengths apart by itself and the decoder attends to each row's
+    own frames, so that cutting a batch by length only left the decoder fewer rows per step (16 requests of
+    2.8-6.2 s clips made a batch of 3 and one of 13)."""
+    return MAX_PADDING if torch.device(device).type != "cpu" else math.inf
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, batch_samples: int,
              max_padding: float = MAX_PADDING) -> Iterator[list[int]]:
     """Consecutive groups of `order` (sorted by length) within `batch_size` items, `batch_samples` padded, and
-    padded samples at most `max_padding` times the real ones."""
+    padded samples at most `max_padding` times the real ones (see `batch_padding`)."""
     return length_groups(order, lengths, batch_size, batch_samples, max_padding)
 
 
@@ -256,6 +266,7 @@ def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOpt
 
     It checks `stop` at every block and chunk; a read blocked in ffmpeg is ended by killing `processes`.
     """
+    reading_thread()
     for i in next_file:
         f = files[i]
         if stop.is_set():
@@ -285,6 +296,21 @@ def _reader(files: list[_File], next_file: Iterator[int], options: TranscribeOpt
             f.error = reason.removeprefix(f"{f.source}: ")
         out.put((i, None))
     out.put(None)
+
+
+def reading_thread() -> None:
+    """Run this thread's torch work (VAD) on one thread. A thread that has run torch's OpenMP regions on several
+    threads keeps its own team of them; once more threads are in teams than there are cores, libgomp stops
+    spinning between regions, and the decoding thread's many small regions each wait to wake theirs: a
+    2-core CPU decoded 40 % (batches) to 70 % (single clips) slower while a reader thread was alive."""
+    torch.set_num_threads(1)
+
+
+def compute_thread() -> ThreadPoolExecutor:
+    """A one-thread executor to load a model in and then decode on, when the caller's own thread cannot decode
+    (a server's, a Ray Data worker's): decoding on another thread than the one that loaded the model made single
+    clips 70 % slower on a 2-core CPU (two threads with teams of their own: see `reading_thread`)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="fama-decode")
 
 
 def _stop_readers(readers: list[threading.Thread], chunks: queue.Queue, processes: set, wait: float) -> None:
@@ -498,7 +524,8 @@ class Pipeline:
         ready = [p for p in pool if files[p[0]].lang_id is not None and files[p[0]].error is None]
         lengths = [len(p[2]) for p in ready]
         order = sorted(range(len(ready)), key=lambda j: -lengths[j])
-        batches = list(_batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)))
+        batches = list(_batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
+                                batch_padding(self.model.device)))
 
         def decode(model: FamaModel, batch: list[int]) -> list:
             return self._decode_batch(model, [ready[j][2] for j in batch], [files[ready[j][0]].lang_id for j in batch])
@@ -552,7 +579,7 @@ class Pipeline:
             lengths = {j: len(picks[j][1]) for j in own}
             order = sorted(own, key=lambda j: (-lengths[j], j))
             batches += _batches(order, [lengths.get(j, 0) for j in range(len(picks))], self.options.batch_size,
-                                int(self.options.batch_seconds * SAMPLE_RATE))
+                                int(self.options.batch_seconds * SAMPLE_RATE), batch_padding(self.model.device))
 
         def score(model: FamaModel, batch: list[int]) -> torch.Tensor:
             return language_scores(model, self.tokenizer, [picks[j][1] for j in batch], languages)

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,17 @@ import torch
 from .audio import AudioError, stream_audio
 from .features import SAMPLE_RATE
 from .model import FamaModel
-from .pipeline import BLOCK_SECONDS, TranscribeOptions, _batches, decode_chunks, language_scores, make_segments
+from .pipeline import (
+    BLOCK_SECONDS,
+    TranscribeOptions,
+    _batches,
+    batch_padding,
+    compute_thread,
+    decode_chunks,
+    language_scores,
+    make_segments,
+    reading_thread,
+)
 from .subtitles import SubtitleOptions, Transcript, format_transcript
 from .tokenizer import Tokenizer
 from .vad import iter_speech_chunks
@@ -100,7 +110,10 @@ class Job:
 class BatchPool:
     """One model and one pool of speech chunks, fed by many requests' reader threads, drained by one decoder."""
 
-    def __init__(self, model: FamaModel, tokenizer: Tokenizer, model_name: str, options: ServeOptions | None = None):
+    def __init__(self, model: FamaModel, tokenizer: Tokenizer, model_name: str, options: ServeOptions | None = None,
+                 compute: ThreadPoolExecutor | None = None):
+        """`compute`: the one-thread executor that loaded `model` (`compute_thread`), to decode on; default: a
+        new thread."""
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.options = options or ServeOptions()
         self.cond = threading.Condition()
@@ -113,16 +126,18 @@ class BatchPool:
         self.tmp_dir: Path | None = None
         self._seq = 0
         self._readers: ThreadPoolExecutor | None = None
-        self._worker: threading.Thread | None = None
+        self._compute = compute
+        self._worker: Future | None = None
         self.started = time.time()
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
         self.tmp_dir = Path(tempfile.mkdtemp(prefix="fama-serve-"))
-        self._readers = ThreadPoolExecutor(max(1, self.options.transcribe.readers), thread_name_prefix="fama-read")
-        self._worker = threading.Thread(target=self._loop, name="fama-decode", daemon=True)
-        self._worker.start()
+        self._readers = ThreadPoolExecutor(max(1, self.options.transcribe.readers), thread_name_prefix="fama-read",
+                                           initializer=reading_thread)
+        self._compute = self._compute or compute_thread()
+        self._worker = self._compute.submit(self._loop)
 
     def close(self) -> None:
         with self.cond:
@@ -131,7 +146,8 @@ class BatchPool:
                 self._cancel_locked(job)
             self.cond.notify_all()
         if self._worker is not None:
-            self._worker.join(timeout=30)
+            wait([self._worker], timeout=30)
+            self._compute.shutdown(wait=False)
         if self._readers is not None:
             self._readers.shutdown(wait=True, cancel_futures=True)
         if self.tmp_dir is not None:
@@ -305,7 +321,8 @@ class BatchPool:
         order = sorted(range(len(picks)), key=lambda j: -lengths[j])
         rows: dict[int, list[float]] = {}
         try:
-            for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
+            for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
+                                  batch_padding(self.model.device)):
                 scores = language_scores(self.model, self.tokenizer, [picks[j][1] for j in batch], languages)
                 self.stats["detect_batches"] += 1
                 rows.update({j: scores[k].tolist() for k, j in enumerate(batch)})
@@ -336,7 +353,8 @@ class BatchPool:
             self.cond.notify_all()
         lengths = [len(r[2]) for r in rows]
         order = sorted(range(len(rows)), key=lambda j: -lengths[j])
-        for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
+        for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
+                              batch_padding(self.model.device)):
             with self.cond:
                 batch = [j for j in batch if not rows[j][0].finished]  # a cancelled request's chunks are dropped
             if not batch:

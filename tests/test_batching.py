@@ -3,13 +3,16 @@ padding at most MAX_PADDING times the real audio (a 4 s chunk is never padded to
 
 from __future__ import annotations
 
-from fama_core.pipeline import MAX_PADDING, _batches
+import math
+
+from fama_core.pipeline import MAX_PADDING, _batches, batch_padding
 
 
-def groups(seconds: list[float], batch_size: int = 16, budget_s: float = 480.0) -> list[list[float]]:
+def groups(seconds: list[float], batch_size: int = 16, budget_s: float = 480.0,
+           max_padding: float = MAX_PADDING) -> list[list[float]]:
     lengths = [int(s * 16000) for s in seconds]
     order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
-    return [[seconds[j] for j in b] for b in _batches(order, lengths, batch_size, int(budget_s * 16000))]
+    return [[seconds[j] for j in b] for b in _batches(order, lengths, batch_size, int(budget_s * 16000), max_padding)]
 
 
 def test_short_chunks_start_a_new_batch_rather_than_be_padded():
@@ -24,3 +27,13 @@ def test_padding_cap_is_the_only_new_rule():
     assert groups([10, 10, 10], budget_s=20) == [[10, 10], [10]]
     for b in groups([30, 20, 17, 15, 9, 8, 6, 4, 2, 1.5, 1]):
         assert max(b) * len(b) <= MAX_PADDING * sum(b)
+
+
+def test_cpu_batches_are_cut_by_count_and_budget_only():
+    """On a CPU, `FamaModel.encode` encodes rows of different lengths apart by itself and the decoder attends to
+    each row's own frames: cutting by length would only leave the decoder fewer rows per step."""
+    assert batch_padding("cpu") == math.inf and batch_padding("cuda:0") == MAX_PADDING
+    cpu = batch_padding("cpu")
+    assert groups([30, 4, 29, 3.5, 28, 4], max_padding=cpu) == [[30, 29, 28, 4, 4, 3.5]]
+    assert groups([30, 4, 29, 3.5, 28, 4], batch_size=4, max_padding=cpu) == [[30, 29, 28, 4], [4, 3.5]]
+    assert groups([30, 4, 29, 3.5], budget_s=90, max_padding=cpu) == [[30, 29, 4], [3.5]]

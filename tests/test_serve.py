@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 
 def need(module: str):
@@ -45,6 +46,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from fama_cli.main import app  # noqa: E402
 from fama_core import load_model  # noqa: E402
+from fama_core.pipeline import compute_thread  # noqa: E402
 from fama_core.server import BatchPool, ServeOptions, create_app  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
@@ -66,15 +68,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def loaded():
-    # the precision `fama serve` and the CLI run by default (load_model's own default is float32)
+    # the precision `fama serve` and the CLI run by default
     return load_model(MODEL, device="cpu", dtype="auto")
 
 
 @contextmanager
-def serving(loaded, **options) -> Iterator[tuple[str, BatchPool]]:
+def serving(loaded, compute=None, **options) -> Iterator[tuple[str, BatchPool]]:
     """A server on 127.0.0.1 for the duration of the block: (base URL, its pool)."""
     model, tokenizer = loaded
-    pool = BatchPool(model, tokenizer, MODEL_NAME, ServeOptions(**options))
+    pool = BatchPool(model, tokenizer, MODEL_NAME, ServeOptions(**options), compute)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(pool), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -267,6 +269,30 @@ def test_concurrent_requests_are_batched_together(loaded, cli, media) -> None:
         stats = settle(base, pool)
     assert stats["requests"] == 16 and stats["rows"] == 17  # "two" holds two chunks
     assert stats["batches"] < 8 and stats["max_rows"] >= 4, stats  # 17 chunks of 16 requests in shared batches
+
+
+def test_decoding_on_the_loading_thread_and_reading_on_one_torch_thread(loaded, cli, media, monkeypatch) -> None:
+    """As `fama serve` runs it: the model loaded on `compute_thread()` is decoded there, and uploads are read
+    with one torch thread (a second thread with torch threads of its own slowed decoding 40-70 % on 2 cores)."""
+    import fama_core.server as srv
+
+    decoders, readers = set(), set()
+    decode, vad = srv.decode_chunks, srv.iter_speech_chunks
+    monkeypatch.setattr(srv, "decode_chunks", lambda *a, **k: decoders.add(threading.get_ident()) or decode(*a, **k))
+
+    def counted_vad(*a, **k):
+        readers.add(torch.get_num_threads())
+        yield from vad(*a, **k)
+
+    monkeypatch.setattr(srv, "iter_speech_chunks", counted_vad)
+    compute = compute_thread()
+    loader = compute.submit(threading.get_ident).result()
+    with serving(loaded, compute) as (base, pool):
+        body = client(base).audio.transcriptions.create(file=(media["en_cats"].name, media["en_cats"].read_bytes()),
+                                                        model="x", response_format="srt")
+        settle(base, pool)
+    assert body == expected(cli, "transcribe", "en_cats", "srt")
+    assert decoders == {loader} and readers == {1}
 
 
 def test_models_and_api_key(loaded, media) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,30 @@ def test_batches_mix_files_sorted_by_length_within_budget(tiny, monkeypatch):
     assert all(len(b) <= 4 and max(b) * len(b) <= 12.0 for b in batches)
     assert any(len(b) > 1 for b in batches)
     assert [round(r.seconds, 3) for r in sorted(results, key=lambda r: r.item.path)] == [10, 3, 7, 1.5, 12]
+
+
+def test_readers_run_vad_on_one_torch_thread(tiny, monkeypatch):
+    """A reader thread with torch threads of its own made the decoding thread 40-70 % slower (libgomp stops
+    spinning once more threads are in teams than there are cores): readers use one, the caller keeps its own."""
+    seen = []
+    chunks = fixed_chunks(4.0)
+
+    def vad(blocks, options):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        yield from chunks(blocks, options)
+
+    monkeypatch.setattr(tr, "iter_speech_chunks", vad)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = list(Pipeline(*tiny, TranscribeOptions(language="en")).run([InputFile("a"), InputFile("b")],
+                                                                              waves(5, 3)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(results) == 2 and not any(r.error for r in results)
+    assert len(seen) == 2 and all(n == 1 for _, n in seen)
+    assert threading.get_ident() not in {t for t, _ in seen}
 
 
 def test_files_finish_as_their_chunks_are_done(tiny, monkeypatch):
