@@ -5,10 +5,12 @@
 
 Audio: the speech recordings of ../shared/data/media joined with 1.5 s pauses (~80 s), looped into `--files`
 files of `--minutes` in total (flac), --lang en. Model (`--model`):
-- `small` (default): a random-weight model of the `small` preset's shape (410 M parameters, fp32; the tiny
+- `small` (default): a random-weight model of the `small` preset's shape (410 M parameters; the tiny
   fixture's 256-token vocabulary), greedy CTC decoding, as in transcribe_bench.py: the model's time is that
-  of FAMA-small's encoder, so the share of reading, VAD and Ray's own work is realistic. About 1.7 GB per copy:
-  this process, Ray's object store and each actor hold one (~7 GB in all).
+  of FAMA-small's encoder, so the share of reading, VAD and Ray's own work is realistic. Prepared as
+  `fama transcribe` prepares a loaded model (`--dtype`, default auto: the precision the machine runs fastest,
+  packed weights on a CPU). At most 1.7 GB per copy (float32): this process, Ray's object store and each
+  actor hold one.
 - `tiny`: tests/fixtures/tiny_trained with beam 5, as the CLI runs it. Its decoding is so cheap (~60x real
   time on one thread) that ffmpeg and VAD take ~20-40 % of the work: the actors' speed-up is capped by them.
 
@@ -82,6 +84,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="audio in total (at least 10 for the figures)")
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--model", choices=("small", "tiny"), default="small")
+    ap.add_argument("--dtype", default="auto", help="precision of the model, as --dtype of fama transcribe")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="~2 min of audio, 1 repeat, no waiting: a functional run")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
@@ -100,6 +103,7 @@ def main() -> None:
     from fama_core.inputs import InputFile
     from fama_core.model import FamaModel
     from fama_core.pipeline import Pipeline, TranscribeOptions
+    from fama_core.precision import apply_precision
     from fama_core.subtitles import format_transcript
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,15 +115,16 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
         print(f"ray.init: {time.perf_counter() - t0:.1f} s (once per job; not in the times below)", flush=True)
         torch.set_num_threads(2)
-        model, tokenizer = load_model(str(MODEL), device="cpu")
+        model, tokenizer = load_model(str(MODEL), device="cpu", dtype=args.dtype)
         options = TranscribeOptions(language="en")
         if args.model == "small":
             torch.manual_seed(0)
-            model = FamaModel(preset("small", vocab_size=tokenizer.vocab_size,
-                                     src_vocab_size=tokenizer.vocab_size)).eval()
+            model = apply_precision(FamaModel(preset("small", vocab_size=tokenizer.vocab_size,
+                                                     src_vocab_size=tokenizer.vocab_size)), args.dtype, "cpu")
             options.decode = DecodeOptions(greedy=True)
         pipeline = Pipeline(model, tokenizer, options, args.model)
-        print(f"model {args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, "
+        print(f"model {args.model}, {sum(v.numel() for v in model.state_dict().values()) / 1e6:.0f} M weights, "
+              f"{model.precision}, "
               f"{'greedy' if options.decode.greedy else f'beam {options.decode.beam_size}'}; "
               f"{len(items)} files, {args.minutes} min of audio", flush=True)
 

@@ -53,18 +53,24 @@ def child_server(port: int, threads: int, tokens: int, layers: str) -> None:
     from fama_core.model import FamaModel
     from fama_core.pipeline import TranscribeOptions
     from fama_core.precision import apply_precision
-    from fama_core.server import BatchPool, ServeOptions, create_app
+    from fama_core.server import BatchPool, ServeOptions, compute_thread, create_app
     from fama_core.tokenizer import Tokenizer
 
-    torch.set_num_threads(threads)
     tokenizer = Tokenizer.from_folder(MODEL)
     enc, dec = (int(n) for n in layers.split(","))
-    torch.manual_seed(0)
     cfg = preset("small", vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
                  encoder_layers=enc, decoder_layers=dec, ctc_encoder_layer=min(8, enc))
-    model = apply_precision(FamaModel(cfg), "auto", "cpu")  # as `fama serve` loads a model
+
+    def load() -> FamaModel:
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        return apply_precision(FamaModel(cfg), "auto", "cpu")
+
+    compute = compute_thread()  # as `fama serve` loads a model: on the thread that decodes
+    model = compute.submit(load).result()
     decode = DecodeOptions(beam_size=5, ctc_weight=0.2, min_len=tokens, max_len_b=tokens)
-    pool = BatchPool(model, tokenizer, f"random-small-{enc}x{dec}", ServeOptions(TranscribeOptions(decode=decode)))
+    pool = BatchPool(model, tokenizer, f"random-small-{enc}x{dec}", ServeOptions(TranscribeOptions(decode=decode)),
+                     compute)
     uvicorn.run(create_app(pool), host="127.0.0.1", port=port, log_level="warning")
 
 
