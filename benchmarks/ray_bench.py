@@ -36,7 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FAMA_SHARED_DIR", ROOT.parent / "shared"))
@@ -46,9 +49,13 @@ SPEECH = ["jfk.flac", "cheetah_en.wav", "cheetah_it.wav", "cheetah_it_numbers.wa
           "stereo_diarization.wav"]
 
 
-def ffmpeg(*args: str) -> None:
+def ffmpeg_exe() -> str:
     from fama_core.audio import ffmpeg_exe
 
+    return ffmpeg_exe()
+
+
+def ffmpeg(*args: str) -> None:
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 
 
@@ -60,12 +67,17 @@ def make_audio(folder: Path, minutes: float, files: int) -> list[Path]:
     concat = "".join(f"[a{i}]" for i in range(len(SPEECH))) + f"concat=n={len(SPEECH)}:v=0:a=1[out]"
     base = folder / "base.wav"
     ffmpeg(*inputs, "-filter_complex", ";".join(filters + [concat]), "-map", "[out]", str(base))
-    seconds = minutes * 60 / files
+    with wave.open(str(base)) as w:
+        loop = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    samples = int(minutes * 60 / files * 16000)
     paths = []
     for k in range(files):  # each file starts at another point of the loop: not 10 copies of one decode
+        start = int(7.3 * k * 16000) % len(loop)
+        # cut here, to exactly `minutes` in all: ffmpeg's -stream_loop with -ss made longer files once they looped
+        audio = np.resize(np.roll(loop, -start), samples)
         path = folder / f"talk{k:02d}.flac"
-        ffmpeg("-stream_loop", "-1", "-ss", str(7.3 * k), "-i", str(base), "-t", f"{seconds:.2f}", "-c:a", "flac",
-               str(path))
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "s16le", "-ar", "16000",
+                        "-ac", "1", "-i", "-", "-c:a", "flac", str(path)], input=audio.tobytes(), check=True)
         paths.append(path)
     return paths
 
