@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import json
 import os
@@ -327,6 +328,12 @@ class RayResources:
         return cls(actors or max(1, (cpus - (1 if cpus > threads else 0)) // threads), threads, 0.0)
 
 
+def _main_thread_calls(ray: Any) -> dict[str, bool]:
+    """ActorPoolStrategy's argument that runs calls on the actor's main thread, where this Ray version has it."""
+    params = inspect.signature(ray.data.ActorPoolStrategy).parameters
+    return {"enable_true_multi_threading": True} if "enable_true_multi_threading" in params else {}
+
+
 class RayExecutor:
     """`Pipeline.run` on Ray: decoding in an actor pool, reading in CPU tasks, results regrouped here."""
 
@@ -394,7 +401,7 @@ class RayExecutor:
             # glibc gives another thread an arena of 64 MB heaps, mapping every larger tensor afresh at each use
             # (~15 % of the decoding time at FAMA-small's size on a CPU)
             compute=ray.data.ActorPoolStrategy(size=r.actors, max_tasks_in_flight_per_actor=2 if r.gpus else 1,
-                                               enable_true_multi_threading=True),
+                                               **_main_thread_calls(ray)),
             fn_constructor_kwargs={"model": replica, "options": self.pipeline.options, "threads": r.threads,
                                    "device": "cuda" if r.gpus else "cpu"},
             num_cpus=r.threads if not r.gpus else 1, num_gpus=r.gpus or None)

@@ -180,6 +180,26 @@ def test_ray_data_class_in_a_three_line_pipeline(ray):
         k: v for k, v in out[str(CLIPS / "it_bread.wav")].items() if k not in ("path", "bytes")}
 
 
+def test_executor_calls_run_on_the_actors_main_thread(ray):
+    """The `--ray` executor's actor pool asks Ray Data for calls on the actor's main thread, the one that loaded
+    the model (another thread decoded ~20 % slower: a second torch thread team and glibc arena)."""
+    from fama_core.cluster import _main_thread_calls
+
+    class _OnMainThread:  # defined here: Ray ships it by value (workers cannot import this test module)
+        def __call__(self, batch):
+            import threading
+
+            batch["main"] = [threading.current_thread() is threading.main_thread()] * len(batch["id"])
+            return batch
+
+    assert _main_thread_calls(ray) == {"enable_true_multi_threading": True}  # this Ray has it
+    ds = ray.data.range(4).map_batches(_OnMainThread, batch_size=2, compute=ray.data.ActorPoolStrategy(
+        size=1, **_main_thread_calls(ray)))
+    assert [bool(r["main"]) for r in ds.take_all()] == [True] * 4
+    default = ray.data.range(2).map_batches(_OnMainThread, batch_size=2, compute=ray.data.ActorPoolStrategy(size=1))
+    assert [bool(r["main"]) for r in default.take_all()] == [False] * 2  # what Ray Data does otherwise
+
+
 def test_ray_data_class_loads_and_decodes_on_one_thread_of_its_own(monkeypatch):
     """Ray Data builds the class on one thread and calls it on another: the model is loaded and run on a thread of
     its own (a second thread with torch threads of its own slowed decoding 40-70 % on 2 cores)."""
