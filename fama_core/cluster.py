@@ -126,9 +126,9 @@ def _chunk_rows(row: dict[str, Any], options: TranscribeOptions, limit_seconds: 
     """A file row {index, path, lang_id} -> a row per speech chunk (audio as float32 bytes), then an END row.
 
     The reading is `Pipeline`'s own reader thread; with `limit_seconds` the reading stops once that much
-    speech was read (language detection reads no further).
+    speech was read (language detection reads no further). Its torch work (VAD) runs on one thread
+    (`pipeline.reading_thread`).
     """
-    torch.set_num_threads(1)
     i, path, lang_id = int(row["index"]), str(row["path"]), int(row["lang_id"])
     base = {"index": i, "lang_id": lang_id, "chunks": 0, "samples": 0, "error": ""}
     try:
@@ -507,11 +507,11 @@ class FamaTranscriber:
     def _load(self, model: Any, dtype: str, threads: int | None, local_files_only: bool | None) -> tuple[Any, Any]:
         from .checkpoints import load_model
 
+        if not isinstance(model, (str, Path)):
+            return _load_replica(model, None, self.devices[0], threads)
         if threads:
             torch.set_num_threads(threads)
-        if isinstance(model, (str, Path)):
-            return load_model(model, device=self.devices[0], dtype=dtype, local_files_only=local_files_only)
-        return _resolve(model, None, self.devices[0])
+        return load_model(model, device=self.devices[0], dtype=dtype, local_files_only=local_files_only)
 
     def _pipeline(self, task: str, language: str) -> Pipeline:
         key = (task or self.defaults.task, language or self.defaults.language)
