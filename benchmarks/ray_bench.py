@@ -19,9 +19,10 @@ Configurations, interleaved in every repeat so that each sees the same load:
 - ray 1x2: `RayExecutor` with one actor of 2 threads (the whole machine, as plain);
 - ray 1x1 and ray 2x1: one and two actors of 1 thread each.
 Every Ray run is a new Ray Data job (new actors, model shipped through the object store, reading tasks), as one
-`fama transcribe --ray` is; `ray.init` is timed once, apart. Each configuration's transcripts are checked to
-equal plain's. For Ray runs, the replicas' busy time (the decoding calls, summed over replicas) and the time
-until the driver receives its first decoded row (Ray's start-up, the first reads and the first call) are printed.
+`fama transcribe --ray` is; Ray itself is started once, as `fama transcribe --ray` starts it
+(`cluster.connect`), and timed apart. Each configuration's transcripts are checked to equal plain's. For Ray
+runs, the replicas' busy time (the decoding calls, summed over replicas) and the time until the driver receives
+its first decoded row (Ray's start-up, the first reads and the first call) are printed.
 At the end: medians, then the two target ratios:
 - `ray(1 actor)/plain time`: Ray's overhead, target <= 1.15;
 - `speed-up of 2 vs 1 one-thread actors`: target >= 1.6.
@@ -109,7 +110,7 @@ def main() -> None:
     import torch
 
     from fama_core.checkpoints import load_model
-    from fama_core.cluster import RUNTIME_ENV, RayExecutor
+    from fama_core.cluster import RayExecutor, connect
     from fama_core.config import preset
     from fama_core.decoding import DecodeOptions
     from fama_core.inputs import InputFile
@@ -124,7 +125,7 @@ def main() -> None:
         if not args.no_wait:
             wait_for_idle(args.max_load, 3600)
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=RUNTIME_ENV)
+        connect()  # as `fama transcribe --ray` starts a local Ray
         print(f"ray.init: {time.perf_counter() - t0:.1f} s (once per job; not in the times below)", flush=True)
         torch.set_num_threads(2)
         model, tokenizer = load_model(str(MODEL), device="cpu", dtype=args.dtype)

@@ -61,8 +61,11 @@ DETECT = -1  # lang_id of a chunk row whose language is to be scored, not decode
 END = -1  # chunk number of a file's last row: how many chunks it had, samples read, error
 _COLUMNS = ("index", "chunk", "start", "end", "lang_id", "chunks", "samples", "error")
 # Ray starts a plain driver's workers at niceness 15 (those of `ray job submit` at 0): the replicas and reading
-# tasks are the job itself, not background work, so they run at the priority of a plain `fama transcribe`.
+# tasks are the job itself, not background work, so they run at the priority of a plain `fama transcribe`. A
+# local Ray started here gets it as a setting of its own, so that the workers Ray starts with it serve the job;
+# a runtime environment (for clusters that are joined) makes Ray start new workers for it, ~1 s per process.
 RUNTIME_ENV = {"env_vars": {"RAY_worker_niceness": "0"}}
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 class RayUnavailable(RuntimeError):
@@ -86,9 +89,16 @@ def connect(address: str | None = None) -> Any:
     if not ray.is_initialized():
         import logging
 
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env=RUNTIME_ENV)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Ray's own notes (token set-up, progress bars off) are not the user's business; its errors still show
+        quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+        started = False
+        if not (address or os.environ.get("RAY_ADDRESS")):
+            with contextlib.suppress(ValueError):  # raised when it finds a `ray start` instance to join instead
+                ray.init(_system_config=LOCAL_SYSTEM_CONFIG, **quiet)
+                started = True
+        if not started:
+            ray.init(address=address or None, runtime_env=RUNTIME_ENV, **quiet)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the caller shows files and audio; Ray's per-operator bars are noise
     context.print_on_execution_start = False

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -243,6 +246,35 @@ def test_without_ray_one_line_and_exit_1(monkeypatch, tmp_path):
     code, err = run("transcribe", CLIPS / "en_cats.wav", "-o", tmp_path, *COMMON, "--ray")
     assert code == 1 and err.strip().splitlines() == [f"error: {RAY_MISSING}"]
     assert list(tmp_path.iterdir()) == []
+
+
+_LOCAL_RAY = """
+import os, ray
+from fama_core.cluster import connect
+
+connect()
+worker = ray.remote(num_cpus=1)(lambda: (os.getpid(), os.nice(0), ray.get_runtime_context().runtime_env))
+print(*ray.get(worker.remote()))
+"""
+
+
+def test_a_local_ray_started_here_runs_the_job_at_normal_priority_on_its_own_workers(tmp_path):
+    """`connect()` with no cluster to join starts a local Ray whose workers run at niceness 0 with no runtime
+    environment (so the workers Ray starts with it serve the job, no new ones are started for a runtime env),
+    and Ray's own notes stay off the user's stderr."""
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+    short = tempfile.mkdtemp(prefix="fama-ray-", dir="/tmp")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_TMPDIR": short}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run([sys.executable, "-c", _LOCAL_RAY], env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    _, nice, runtime_env = done.stdout.split(maxsplit=2)
+    assert (nice, runtime_env.strip()) == ("0", "{}")
+    assert not [line for line in done.stderr.splitlines() if "WARNING" in line], done.stderr
 
 
 @pytest.mark.parametrize("cluster, device, expected", [
