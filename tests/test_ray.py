@@ -293,6 +293,21 @@ def test_replica_plan_refuses_a_gpu_the_cluster_lacks():
         RayResources.plan({"CPU": 8.0}, "cuda")
 
 
+def test_a_replica_copies_its_model_on_one_thread_then_decodes_on_its_threads(monkeypatch):
+    import torch
+
+    from fama_core import cluster
+
+    seen = []
+    monkeypatch.setattr(cluster, "_resolve", lambda *args: seen.append(torch.get_num_threads()) or ("m", "t"))
+    before = torch.get_num_threads()
+    try:
+        assert cluster._load_replica("model", None, "cpu", 2) == ("m", "t")
+        assert (seen, torch.get_num_threads()) == ([1], 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
 def test_shared_model_gives_the_same_model_with_each_tensor_copied_once(dtype):
     """The replicas' model: equal weights and outputs, one shipped array per tensor (tied tensors stay one),
