@@ -255,16 +255,16 @@ def _resolve(model: Any, tokenizer: Any = None, device: str | torch.device = "cp
 
 def _load_replica(model: Any, tokenizer: Any, device: str | None, threads: int | None) -> tuple[Any, Any]:
     """(model, tokenizer) of a replica: copied (and, on a CPU, its weights packed) on one torch thread, then
-    `threads` for decoding. A replica starts beside other new processes (reading tasks, other replicas, Ray's
-    own) that import torch: on 2 cores, a 2-thread team copying FAMA-small's weights then waited for a
-    preempted thread at every parallel region, 2.7 s against 1.0 s on one thread."""
+    `threads` (default: as many as before) for decoding. A replica starts beside other new processes (reading
+    tasks, other replicas, Ray's own) that import torch: on 2 cores, a 2-thread team copying FAMA-small's
+    weights then waited for a preempted thread at every parallel region, 2.7 s against 1.0 s on one thread."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cpu":
         keep_freed_memory()  # as `load_model` does in the driver: a replica without it decoded ~15 % slower
+    threads = threads or torch.get_num_threads()
     torch.set_num_threads(1)
     loaded = _resolve(model, tokenizer, device)
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     return loaded
 
 

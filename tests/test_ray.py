@@ -302,8 +302,11 @@ def test_a_replica_copies_its_model_on_one_thread_then_decodes_on_its_threads(mo
     monkeypatch.setattr(cluster, "_resolve", lambda *args: seen.append(torch.get_num_threads()) or ("m", "t"))
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(3)
+        assert cluster._load_replica("model", None, "cpu", None) == ("m", "t")
+        assert (seen, torch.get_num_threads()) == ([1], 3)  # no `threads`: as many as before
         assert cluster._load_replica("model", None, "cpu", 2) == ("m", "t")
-        assert (seen, torch.get_num_threads()) == ([1], 2)
+        assert (seen, torch.get_num_threads()) == ([1, 1], 2)
     finally:
         torch.set_num_threads(before)
 
