@@ -1,7 +1,13 @@
 """`--ray` on one machine: a local Ray with 1 and 2 decoding actors against the plain single-process run.
 
-    python benchmarks/ray_bench.py                 # waits for an idle machine, then 10 min of audio, 2 repeats
+    python benchmarks/ray_bench.py                 # waits for an idle machine, then 60 min of audio, 2 repeats
+    python benchmarks/ray_bench.py --minutes 10    # a short job: Ray's start-up per job weighs more
     python benchmarks/ray_bench.py --quick         # functional run: 2 min of audio, tiny model, no waiting
+
+A job on Ray pays a start-up that the plain run does not: the model put in the object store, a new actor
+process and a new reading process that import torch, the replica's copy of the model (~5-8 s here, on the
+same 2 cores). Its share depends on how much work the job is, not on the minutes of audio: on a fast-bfloat16
+CPU 10 minutes of audio are ~16 s of plain work, so the default is an hour (~90 s), what a Ray job is for.
 
 Audio: the speech recordings of ../shared/data/media joined with 1.5 s pauses (~80 s), looped into `--files`
 files of `--minutes` in total (flac), --lang en. Model (`--model`):
@@ -94,7 +100,7 @@ def wait_for_idle(max_load: float, timeout: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=10.0, help="audio in total (at least 10 for the figures)")
+    ap.add_argument("--minutes", type=float, default=60.0, help="audio in total (at least 10 for the figures)")
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--model", choices=("small", "tiny"), default="small")
     ap.add_argument("--dtype", default="auto", help="precision of the model, as --dtype of fama transcribe")
