@@ -46,8 +46,8 @@ from fama_core.audio import stream_audio  # noqa: E402
 from fama_core.config import preset  # noqa: E402
 from fama_core.decoding import DecodeOptions, decode_encoded  # noqa: E402
 from fama_core.features import SAMPLE_RATE, compute_features  # noqa: E402
-from fama_core.model import FamaModel  # noqa: E402
-from fama_core.pipeline import TranscribeOptions, _batches  # noqa: E402
+from fama_core.model import FamaModel, length_groups  # noqa: E402
+from fama_core.pipeline import MAX_PADDING, TranscribeOptions  # noqa: E402
 from fama_core.precision import (  # noqa: E402
     FLOAT_DTYPES,
     PackedLinear,
@@ -293,7 +293,7 @@ def main() -> None:
     order = sorted(range(len(chunks)), key=lambda j: -lengths[j])
     o = TranscribeOptions(batch_size=args.batch_size, batch_seconds=args.batch_seconds)
     batches = []
-    for b in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE)):
+    for b in length_groups(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE), MAX_PADDING):
         feats = [compute_features([torch.from_numpy(chunks[j])])[0][0] for j in b]
         batches.append((torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(args.device),
                         torch.tensor([len(f) for f in feats], device=args.device)))

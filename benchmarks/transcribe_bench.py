@@ -135,8 +135,7 @@ def overhead(tmp: Path, base: Path, minutes: float, repeats: int) -> None:
     audios = [torch.as_tensor(c.audio) for c in chunks]
     lengths = [len(a) for a in audios]
     order = sorted(range(len(audios)), key=lambda j: -lengths[j])
-    batches = list(tr._batches(order, lengths, o.batch_size, int(o.batch_seconds * 16000),
-                               tr.batch_padding(model.device)))  # as the pipeline batches
+    batches = list(tr._batches(order, lengths, o, model.device))  # as the pipeline batches
 
     def model_only():
         for b in batches:
@@ -186,8 +185,7 @@ def fama_small(tmp: Path, base: Path, long_seconds: list[float], repeats: int) -
     chunks = [torch.as_tensor(c.audio) for p in paths for c in speech_chunks(load_audio(p), opts.vad)]
     lengths = [len(a) for a in chunks]
     order = sorted(range(len(chunks)), key=lambda j: -lengths[j])
-    batches = list(tr._batches(order, lengths, opts.batch_size, int(opts.batch_seconds * 16000),
-                               tr.batch_padding(model.device)))
+    batches = list(tr._batches(order, lengths, opts, model.device))
     lang = [tok.lang_tag_id("en")]
 
     def model_only():

@@ -50,7 +50,6 @@ from .pipeline import (
     _batches,
     _File,
     _reader,
-    batch_padding,
     compute_thread,
     language_scores,
 )
@@ -289,8 +288,7 @@ class ChunkDecoder:
             todo = [j for j in audios if (batch["lang_id"][j] == DETECT) == detect]
             lengths = [len(audios[j]) for j in todo]
             order = sorted(range(len(todo)), key=lambda k: -lengths[k])
-            for group in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
-                                  batch_padding(model.device)):
+            for group in _batches(order, lengths, o, model.device):
                 rows = [todo[k] for k in group]
                 try:
                     out = self._run(model, [audios[j] for j in rows], [int(batch["lang_id"][j]) for j in rows],

@@ -173,11 +173,12 @@ def batch_padding(device: str | torch.device) -> float:
     return MAX_PADDING if torch.device(device).type != "cpu" else math.inf
 
 
-def _batches(order: list[int], lengths: list[int], batch_size: int, batch_samples: int,
-             max_padding: float = MAX_PADDING) -> Iterator[list[int]]:
-    """Consecutive groups of `order` (sorted by length) within `batch_size` items, `batch_samples` padded, and
-    padded samples at most `max_padding` times the real ones (see `batch_padding`)."""
-    return length_groups(order, lengths, batch_size, batch_samples, max_padding)
+def _batches(order: list[int], lengths: list[int], options: TranscribeOptions,
+             device: str | torch.device) -> Iterator[list[int]]:
+    """Consecutive groups of `order` (sorted by length) within `options.batch_size` items and
+    `options.batch_seconds` of padded audio, padded audio at most `batch_padding(device)` times the real one."""
+    return length_groups(order, lengths, options.batch_size, int(options.batch_seconds * SAMPLE_RATE),
+                         batch_padding(device))
 
 
 def resolve_devices(spec: str | None) -> list[str]:
@@ -524,8 +525,7 @@ class Pipeline:
         ready = [p for p in pool if files[p[0]].lang_id is not None and files[p[0]].error is None]
         lengths = [len(p[2]) for p in ready]
         order = sorted(range(len(ready)), key=lambda j: -lengths[j])
-        batches = list(_batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
-                                batch_padding(self.model.device)))
+        batches = list(_batches(order, lengths, o, self.model.device))
 
         def decode(model: FamaModel, batch: list[int]) -> list:
             return self._decode_batch(model, [ready[j][2] for j in batch], [files[ready[j][0]].lang_id for j in batch])
@@ -578,8 +578,8 @@ class Pipeline:
             own = [j for j, (k, _) in enumerate(picks) if k == i]
             lengths = {j: len(picks[j][1]) for j in own}
             order = sorted(own, key=lambda j: (-lengths[j], j))
-            batches += _batches(order, [lengths.get(j, 0) for j in range(len(picks))], self.options.batch_size,
-                                int(self.options.batch_seconds * SAMPLE_RATE), batch_padding(self.model.device))
+            batches += _batches(order, [lengths.get(j, 0) for j in range(len(picks))], self.options,
+                                self.model.device)
 
         def score(model: FamaModel, batch: list[int]) -> torch.Tensor:
             return language_scores(model, self.tokenizer, [picks[j][1] for j in batch], languages)

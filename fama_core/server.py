@@ -37,7 +37,6 @@ from .pipeline import (
     BLOCK_SECONDS,
     TranscribeOptions,
     _batches,
-    batch_padding,
     compute_thread,
     decode_chunks,
     language_scores,
@@ -321,8 +320,7 @@ class BatchPool:
         order = sorted(range(len(picks)), key=lambda j: -lengths[j])
         rows: dict[int, list[float]] = {}
         try:
-            for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
-                                  batch_padding(self.model.device)):
+            for batch in _batches(order, lengths, o, self.model.device):
                 scores = language_scores(self.model, self.tokenizer, [picks[j][1] for j in batch], languages)
                 self.stats["detect_batches"] += 1
                 rows.update({j: scores[k].tolist() for k, j in enumerate(batch)})
@@ -353,8 +351,7 @@ class BatchPool:
             self.cond.notify_all()
         lengths = [len(r[2]) for r in rows]
         order = sorted(range(len(rows)), key=lambda j: -lengths[j])
-        for batch in _batches(order, lengths, o.batch_size, int(o.batch_seconds * SAMPLE_RATE),
-                              batch_padding(self.model.device)):
+        for batch in _batches(order, lengths, o, self.model.device):
             with self.cond:
                 batch = [j for j in batch if not rows[j][0].finished]  # a cancelled request's chunks are dropped
             if not batch:

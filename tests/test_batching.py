@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import math
 
-from fama_core.pipeline import MAX_PADDING, _batches, batch_padding
+from fama_core.pipeline import MAX_PADDING, TranscribeOptions, _batches, batch_padding
 
 
 def groups(seconds: list[float], batch_size: int = 16, budget_s: float = 480.0,
-           max_padding: float = MAX_PADDING) -> list[list[float]]:
+           device: str = "cuda") -> list[list[float]]:
+    """The batches of chunks of these lengths, as decoding on `device` cuts them (a GPU's padding cap by default;
+    no CUDA is needed to plan them)."""
     lengths = [int(s * 16000) for s in seconds]
     order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
-    return [[seconds[j] for j in b] for b in _batches(order, lengths, batch_size, int(budget_s * 16000), max_padding)]
+    options = TranscribeOptions(batch_size=batch_size, batch_seconds=budget_s)
+    return [[seconds[j] for j in b] for b in _batches(order, lengths, options, device)]
 
 
 def test_short_chunks_start_a_new_batch_rather_than_be_padded():
@@ -33,7 +36,6 @@ def test_cpu_batches_are_cut_by_count_and_budget_only():
     """On a CPU, `FamaModel.encode` encodes rows of different lengths apart by itself and the decoder attends to
     each row's own frames: cutting by length would only leave the decoder fewer rows per step."""
     assert batch_padding("cpu") == math.inf and batch_padding("cuda:0") == MAX_PADDING
-    cpu = batch_padding("cpu")
-    assert groups([30, 4, 29, 3.5, 28, 4], max_padding=cpu) == [[30, 29, 28, 4, 4, 3.5]]
-    assert groups([30, 4, 29, 3.5, 28, 4], batch_size=4, max_padding=cpu) == [[30, 29, 28, 4], [4, 3.5]]
-    assert groups([30, 4, 29, 3.5], budget_s=90, max_padding=cpu) == [[30, 29, 4], [3.5]]
+    assert groups([30, 4, 29, 3.5, 28, 4], device="cpu") == [[30, 29, 28, 4, 4, 3.5]]
+    assert groups([30, 4, 29, 3.5, 28, 4], batch_size=4, device="cpu") == [[30, 29, 28, 4], [4, 3.5]]
+    assert groups([30, 4, 29, 3.5], budget_s=90, device="cpu") == [[30, 29, 4], [3.5]]
