@@ -56,14 +56,10 @@ SPEECH = ["jfk.flac", "cheetah_en.wav", "cheetah_it.wav", "cheetah_it_numbers.wa
           "stereo_diarization.wav"]
 
 
-def ffmpeg_exe() -> str:
+def ffmpeg(*args: str, stdin: bytes | None = None) -> None:
     from fama_core.audio import ffmpeg_exe
 
-    return ffmpeg_exe()
-
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], input=stdin, check=True)
 
 
 def make_audio(folder: Path, minutes: float, files: int) -> list[Path]:
@@ -83,8 +79,7 @@ def make_audio(folder: Path, minutes: float, files: int) -> list[Path]:
         # cut here, to exactly `minutes` in all: ffmpeg's -stream_loop with -ss made longer files once they looped
         audio = np.resize(np.roll(loop, -start), samples)
         path = folder / f"talk{k:02d}.flac"
-        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "s16le", "-ar", "16000",
-                        "-ac", "1", "-i", "-", "-c:a", "flac", str(path)], input=audio.tobytes(), check=True)
+        ffmpeg("-f", "s16le", "-ar", "16000", "-ac", "1", "-i", "-", "-c:a", "flac", str(path), stdin=audio.tobytes())
         paths.append(path)
     return paths
 
