@@ -21,6 +21,12 @@ Benchmark-only dependencies (never project requirements):
 
     python benchmarks/speed_bench.py                      # FAMA-small, >= 120 s of speech, 3 runs, waits for idle
     python benchmarks/speed_bench.py --no-wait --seconds 20 --runs 1 --precisions float32,int8   # smoke run
+    python benchmarks/speed_bench.py --isa avx2           # both systems capped at AVX2 (a proxy for an AVX2-only CPU)
+
+--isa avx2|avx512|native restarts the script in a process of its own with every variable of ISA_LIMITS set (torch's
+ATen dispatch, oneDNN, MKL and fbgemm, and CTranslate2 for the peer, which inherits them) and a fresh precision
+cache, so that `auto` is probed under the restriction; the header names the restriction. fbgemm must be capped
+too: without FBGEMM_ENABLE_INSTRUCTIONS it keeps using AVX-512 VNNI for int8 under an AVX2 cap.
 """
 
 from __future__ import annotations
@@ -60,7 +66,31 @@ from fama_core.vad import VadOptions, iter_speech_chunks  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "data" / "media"
 TOKENS_PER_SECOND = 3.3
+# Instruction-set caps: an AVX2-only CPU (Zen 2/3, Intel before AVX-512), AVX-512 without VNNI and bf16
+# (Skylake-SP), or nothing capped.
+ISA_LIMITS = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "CT2_FORCE_CPU_ISA": "AVX2"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX512",
+               "CT2_FORCE_CPU_ISA": "AVX512"},
+    "native": {},
+}
 FRAMES_PER_SECOND = 100  # filterbank frames
+
+
+def restrict_isa(isa: str | None) -> str:
+    """Restart this script under the ISA caps of `isa` (once: the restarted process finds them set); returns the
+    header's description of the caps in force."""
+    if isa is not None and os.environ.get("FAMA_BENCH_ISA") != isa:
+        import tempfile
+
+        env = {k: v for k, v in os.environ.items() if k not in ISA_LIMITS["avx2"]}
+        env.update(ISA_LIMITS[isa], FAMA_BENCH_ISA=isa, FAMA_CACHE_DIR=tempfile.mkdtemp(prefix="fama-isa-cache-"))
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    caps = " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS["avx2"] if os.environ.get(k))
+    return f"ISA {isa or 'as set'}: {caps or 'no caps'} (torch dispatch {torch.backends.cpu.get_cpu_capability()})"
 
 
 def speech_chunks(seconds: float) -> list[np.ndarray]:
@@ -285,7 +315,10 @@ def main() -> None:
     ap.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine (functional check)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peer", action="store_true", help="skip faster-whisper (always skipped off the CPU)")
+    ap.add_argument("--isa", choices=sorted(ISA_LIMITS), default=None,
+                    help="cap both systems' instruction set (restarts in a process of its own, fresh precision cache)")
     args = ap.parse_args()
+    isa = restrict_isa(args.isa)
     torch.set_num_threads(args.threads)
     chunks = speech_chunks(args.seconds)
     audio_s = sum(len(c) for c in chunks) / SAMPLE_RATE
@@ -301,7 +334,7 @@ def main() -> None:
     cfg = base.cfg
     print(f"FAMA-{args.size} size ({base.num_parameters():,} parameters, random weights), {len(chunks)} VAD chunks "
           f"= {audio_s:.1f} s of speech in {len(batches)} batches, {TOKENS_PER_SECOND} tokens/s forced, beam 5, "
-          f"CTC 0.2, {args.threads} threads, device {args.device}, torch {torch.__version__}")
+          f"CTC 0.2, {args.threads} threads, device {args.device}, torch {torch.__version__}; {isa}")
     flops = sum(encoder_matmul_flops(cfg, f.shape[0], f.shape[1])["total"] for f, _ in batches)
     names = args.precisions.split(",")
     models = {name: apply_precision(copy.deepcopy(base), name, args.device) for name in names}

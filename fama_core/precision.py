@@ -2,7 +2,8 @@
 
 `auto` on a GPU is bfloat16 where the GPU supports it, else float16. On a CPU it is whichever of float32,
 bfloat16 and int8 runs the model's own matrix shapes fastest, measured by a short probe (well under a second)
-and cached per CPU model, torch version, thread count and model shape in the user cache folder.
+and cached per CPU model, instruction-set limits in force, torch version, thread count and model shape in the
+user cache folder.
 float32 is the reference: the only precision that reproduces FBK's n-best lists token for token.
 """
 
@@ -32,7 +33,8 @@ DTYPES = {**FLOAT_DTYPES, **{alias: FLOAT_DTYPES[name] for alias, name in ALIASE
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
 AUTO_CANDIDATES = CPU_CANDIDATES  # what `auto` may pick on a CPU
 PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more exact one to be chosen
-CACHE_VERSION = 4  # 4: the probe times the encoder on packed weights, as inference now runs it
+# 4: the probe times the encoder on packed weights, as inference now runs it; 5: the ISA limits are in the key
+CACHE_VERSION = 5
 
 
 def normalize(precision: str | torch.dtype | None) -> str:
@@ -402,10 +404,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Variables that cap the instruction set torch's kernels use (ATen's dispatch, oneDNN, MKL, fbgemm). A CPU
+# restricted by them is, for the choice of precision, another CPU: bfloat16 or int8 may win without them and lose
+# with them.
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "FBGEMM_ENABLE_INSTRUCTIONS")
+
+
+def isa_restrictions() -> str:
+    """The instruction-set limits in force: ATen's capability as torch sees it, and every set ISA variable."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    limits = [f"{name}={os.environ[name]}" for name in ISA_VARIABLES if os.environ.get(name)]
+    return " ".join([f"aten {capability}", *limits])
+
+
 def _cache_key(model: FamaModel) -> str:
     c = model.cfg
     shape = f"{c.d_model}x{c.ffn_expansion}x{c.encoder_layers}/{c.decoder_dim}x{c.decoder_ffn_dim}x{c.decoder_layers}"
-    return f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shape}/{c.vocab_size}"
+    return (f"{_cpu_model()} | {isa_restrictions()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+            f" | {shape}/{c.vocab_size}")
 
 
 def _cache_path() -> Path:

@@ -87,6 +87,30 @@ def test_auto_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
     assert precision.precision_of(precision.apply_precision(small_model(), "float32", "cpu")) == "float32"
 
 
+def test_auto_probes_again_under_instruction_set_limits(tmp_path, monkeypatch):
+    """A choice probed on the full instruction set is not reused when torch's kernels are capped (and back)."""
+    monkeypatch.setenv("FAMA_CACHE_DIR", str(tmp_path))
+    for name in precision.ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    answers = iter([{"float32": 1.0, "bfloat16": 0.5, "int8": 0.9}, {"float32": 1.0, "bfloat16": 2.0, "int8": 0.6}])
+    calls = []
+
+    def fake_probe(model):
+        calls.append(precision.isa_restrictions())
+        return next(answers)
+
+    monkeypatch.setattr(precision, "probe", fake_probe)
+    assert precision.precision_of(precision.apply_precision(small_model(), "auto", "cpu")) == "bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert precision.precision_of(precision.apply_precision(small_model(), "auto", "cpu")) == "int8"
+    assert len(calls) == 2 and "ONEDNN_MAX_CPU_ISA=AVX2" in calls[1] and "ONEDNN" not in calls[0]
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert precision.precision_of(precision.apply_precision(small_model(), "auto", "cpu")) == "bfloat16"
+    assert len(calls) == 2  # each setting keeps its own entry
+    keys = list(json.loads((tmp_path / "precision.json").read_text())["entries"])
+    assert len(keys) == 2 and all(f"aten {torch.backends.cpu.get_cpu_capability()}" in k for k in keys)
+
+
 def test_probe_measures_every_cpu_precision_quickly(tmp_path, monkeypatch):
     seconds = precision.probe(small_model())
     assert set(seconds) == {"float32", "bfloat16", "int8"} and all(s > 0 for s in seconds.values())
