@@ -1,12 +1,15 @@
 """`fama serve`: OpenAI's audio API (transcriptions, translations) over one model and one batch pool.
 
-Each request's upload is written to a temporary file, which a reader thread decodes (`audio.stream_audio`)
-and cuts at pauses (`vad.iter_speech_chunks`). The chunks of every request join one pool. One decoder thread
-waits a short collection window when it was idle, then decodes what the pool holds in batches sorted by
-length (`pipeline._batches`, `pipeline.decode_chunks`): chunks of concurrent requests share batches, so
-throughput grows with concurrency. A request without a language has it detected on its first speech as
-`fama transcribe --lang auto` does (`pipeline.language_scores`). Segments come from `pipeline.make_segments`
-and are written by `subtitles.format_transcript`, so a response holds what `fama transcribe` writes.
+Each request's upload is written to a temporary file under a neutral name (the upload's bytes, not its name,
+decide how ffmpeg reads it, within `audio.INPUT_FORMATS`), read with an idle timeout and the request's
+deadline; a reader thread decodes it (`audio.stream_audio`) and cuts it at pauses (`vad.iter_speech_chunks`).
+The chunks of every request join one pool. One decoder thread waits a short collection window when it was
+idle, then decodes what the pool holds in batches sorted by length (`pipeline._batches`,
+`pipeline.decode_chunks`): chunks of concurrent requests share batches, so throughput grows with concurrency.
+A request without a language has it detected on its first speech as `fama transcribe --lang auto` does
+(`pipeline.language_scores`); so does a translation, whose transcript then warns when the speech is already in
+the target language (`Transcript.warnings`). Segments come from `pipeline.make_segments` and are written by
+`subtitles.format_transcript`, so a response holds what `fama transcribe` writes.
 
 The HTTP side (`create_app`) needs the `serve` extra (FastAPI, uvicorn, python-multipart); the pool does not.
 """
