@@ -605,15 +605,14 @@ def test_stalled_uploads_time_out_and_free_their_slots(loaded, media) -> None:
         assert settle(base, pool)["requests"] == 17
 
 
-def test_a_stalled_upload_gets_504_at_the_request_deadline(loaded, media) -> None:
+def test_a_stalled_upload_gets_504_at_the_request_deadline(loaded) -> None:
     """With --timeout shorter than the idle timeout, the total deadline ends a silent upload (504)."""
     with serving(loaded, timeout=1.0, idle_timeout=30) as (base, pool):
         started = time.monotonic()
         status, headers, body = answer(raw_request(base), within=20)
         assert status == 504 and openai_error(body, "timeout")["type"] == "server_error"
         assert 1.0 <= time.monotonic() - started < 10
-        settle(base, pool)
-        assert post_en(base, media["en_bag"]).text == "Your bag is yellow.\n"
+        assert settle(base, pool)["requests"] == 1  # its slot and its upload are freed
 
 
 def hls_playlist(target: Path) -> bytes:
