@@ -111,8 +111,8 @@ def refused_format(name: str, piped: bool) -> str:
     if not piped:
         log = subprocess.run(_open_command(name, "debug"), capture_output=True, stdin=subprocess.DEVNULL).stderr
         found = m.group(1) if (m := _PROBED.search(log.decode("utf-8", "replace"))) else None
-    what = f"ffmpeg reads it as {found!r}" if found else "ffmpeg reads it"
-    return (f"refused: {what}, not one of the media formats fama opens (playlists, concat lists, image sequences "
+    what = f"ffmpeg reads it as {found!r}, " if found else ""
+    return (f"refused: {what}not one of the media formats fama opens (playlists, concat lists, image sequences "
             "and other inputs that name further files or URLs are never opened); give the media file itself")
 
 

@@ -97,3 +97,14 @@ def test_every_media_extension_fama_looks_for_still_decodes(tmp_path) -> None:
             continue
         assert abs(len(load_audio(target)) / 16000 - 2.79) < 0.2, ext
     assert missing_encoder in ([], [".amr"])
+
+
+def test_a_list_on_stdin_is_refused(tmp_path, secret) -> None:
+    """Piped, the input may open nothing but the pipe: a concat list naming a file fails as any list does."""
+    concat = f"ffconcat version 1.0\nfile {secret}\n".encode()
+    r = CliRunner().invoke(app, ["transcribe", "-", "--model", str(MODEL), "--device", "cpu", "--lang", "en", "-o",
+                                 "-", "-f", "txt", "--quiet"], input=concat)
+    assert r.exit_code == 1 and r.stdout == "" and CATS not in r.stderr
+    assert r.stderr.splitlines() == ["failed: <stdin>: refused: not one of the media formats fama opens (playlists, "
+                                     "concat lists, image sequences and other inputs that name further files or "
+                                     "URLs are never opened); give the media file itself"]
