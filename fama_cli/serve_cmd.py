@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+import re
+import socket
 from typing import Annotated
 
 import typer
@@ -42,7 +45,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def serve(
     model: Model = "fama-small",
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start)")] = 8000,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N: one device (default: the first GPU, "
                                                     "else the CPU)")] = None,
     dtype: Dtype = "auto",
@@ -54,6 +57,8 @@ def serve(
     = 64,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take, upload included (504 beyond)")]
     = 600.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds an upload may send nothing before it is dropped "
+                                                     "(408)")] = 30.0,
     batch_wait_ms: Annotated[float, typer.Option(help="An idle decoder waits at most this long for requests still "
                                                       "being read, to decode them together")] = 500.0,
     readers: Annotated[int, typer.Option(help="Uploads decoded and cut at pauses in parallel")] = 4,
@@ -74,11 +79,11 @@ def serve(
     """OpenAI-compatible server: POST /v1/audio/transcriptions and /v1/audio/translations (docs/serve.md)."""
     if any(importlib.util.find_spec(m) is None for m in SERVE_MODULES):
         raise fail(escape(f'fama serve needs the serve extra: pip install "{DIST}[serve]"'), 1)
-    for name, value in (("--max-requests", max_requests), ("--readers", readers)):
-        if value < 1:
-            raise fail(f"{name} must be at least 1", 2)
-    if max_upload_mb <= 0 or timeout <= 0 or batch_wait_ms < 0:
-        raise fail("--max-upload-mb and --timeout must be positive, --batch-wait-ms not negative", 2)
+    _check_limits(port=port, max_upload_mb=max_upload_mb, max_requests=max_requests, timeout=timeout,
+                  idle_timeout=idle_timeout, batch_wait_ms=batch_wait_ms, readers=readers)
+    if api_key is not None and not re.fullmatch(r"[\x21-\x7e]+", api_key):
+        raise fail("--api-key (or FAMA_API_KEY) must be printable ASCII without spaces: an HTTP header cannot "
+                   "carry other characters, so no client could send it", 2)
     transcribe = decode_options("transcribe", "auto", beam_size=beam_size, ctc_weight=ctc_weight,
                                 no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
                                 batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
@@ -86,6 +91,9 @@ def serve(
     import uvicorn
 
     from fama_core.server import BatchPool, ServeOptions, compute_thread, create_app
+
+    listener = _listen(host, port)  # before the model loads: a taken port or a bad address fails at once
+    port = listener.getsockname()[1]
 
     def load() -> tuple:
         set_threads(threads)  # before loading: `--dtype auto` probes with these threads
@@ -96,11 +104,39 @@ def serve(
     options = ServeOptions(
         transcribe=dataclasses.replace(transcribe, readers=readers), subtitles=subtitles,
         batch_wait=batch_wait_ms / 1000, max_upload_bytes=int(max_upload_mb * 2**20), max_requests=max_requests,
-        timeout=timeout, api_key=api_key or None)
+        timeout=timeout, idle_timeout=idle_timeout, api_key=api_key or None)
     pool = BatchPool(loaded, tokenizer, model, options, compute)
     if host not in LOOPBACK and not api_key:
         err.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use it",
                   soft_wrap=True)
     err.print(f"fama serve: {model} on {devices[0]} at http://{host}:{port}/v1 "
               f"({'API key required' if api_key else 'no API key'}); Ctrl-C stops it", markup=False, soft_wrap=True)
-    uvicorn.run(create_app(pool), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(create_app(pool), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _check_limits(**values: float) -> None:
+    """Each limit is a finite number in its range (exit 2 naming the first that is not)."""
+    ranges = {"port": (0, 65535), "max_upload_mb": (0.001, math.inf), "max_requests": (1, math.inf),
+              "timeout": (0.001, math.inf), "idle_timeout": (0.001, math.inf), "batch_wait_ms": (0, math.inf),
+              "readers": (1, math.inf)}
+    for name, value in values.items():
+        low, high = ranges[name]
+        if not (math.isfinite(value) and low <= value <= high):
+            bounds = (f"from {low:g} to {high:g}" if math.isfinite(high) else f"at least {low:g}" if
+                      isinstance(value, int) else f"a finite number of at least {low:g}")
+            raise fail(f"--{name.replace('_', '-')} must be {bounds}, not {value:g}", 2)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound as uvicorn binds it (exit 1 with one line when it cannot be)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise fail(escape(f"cannot listen on {host}:{port}: {e.strerror or e}"), 1) from None
+    sock.set_inheritable(True)
+    return sock

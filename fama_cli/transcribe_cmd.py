@@ -278,9 +278,8 @@ def _deliver(res: FileResult, plan: OutputPlan, subs: SubtitleOptions, quiet: bo
     t = res.transcript
     if not t.segments and not quiet:
         _line("note", f"{res.item.name}: no speech found")
-    if t.task == "translate" and t.source_language == t.language:
-        _line("warning", f"{res.item.name}: the speech is already in {t.language} (detected); the output is "
-                         "a transcript, not a translation")
+    for warning in t.warnings():
+        _line("warning", f"{res.item.name}: {warning}")
     try:
         if plan.to_stdout:
             sys.stdout.write(format_transcript(t, plan.formats[0], subs))

@@ -79,9 +79,46 @@ def _reason(errors: list[str]) -> str:
     return f"ffmpeg failed: {errors[-1].strip()}" if errors else "ffmpeg failed"
 
 
+# The demuxers fama opens (ffmpeg's names; a demuxer with several, such as "mov,mp4,m4a,3gp,3g2,mj2", matches on
+# any): media containers that hold their audio themselves. Left out are those that open other files or URLs named
+# inside the input (hls, dash, concat/ffconcat, imf, dvdvideo, sdp, rtsp, image2 sequences, avisynth, ...): an
+# uploaded or mistaken playlist could read any file the process can, or escape the server's upload limit.
+INPUT_FORMATS = frozenset(
+    "aac ac3 aiff amr amrnb amrwb ape asf au avi caf dsf dts dtshd dv eac3 flac flv gsm ircam live_flv loas "
+    "matroska mlp mov mp3 mpc mpc8 mpeg mpegts mxf nistsphere nut ogg oma qcp rm shn sox spdif tak truehd tta voc "
+    "vqf w64 wav wv xwma".split())
+_PROBED = re.compile(r"Format (\S+) probed with size")
+
+
+def input_options(piped: bool) -> dict[str, str]:
+    """ffmpeg input options that restrict what a decode may open: the demuxers of `INPUT_FORMATS` only
+    (ffmpeg refuses any other right after probing, before it reads past the first bytes), and only the input
+    itself (`file`, or `pipe` for a stream), so that no demuxer can reach another file or a URL."""
+    return {"format_whitelist": ",".join(sorted(INPUT_FORMATS)), "protocol_whitelist": "pipe" if piped else "file"}
+
+
+def _open_command(name: str, loglevel: str) -> list[str]:
+    """ffmpeg opening a file under `input_options` and doing nothing else: its log describes the input."""
+    options = [a for k, v in input_options(False).items() for a in (f"-{k}", v)]
+    return [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", loglevel, *options, "-i", f"file:{name}"]
+
+
+def refused_format(name: str, piped: bool) -> str:
+    """The reason for an input whose demuxer is not in `INPUT_FORMATS`, naming that demuxer when it can be
+    found again (a regular file is probed once more, with ffmpeg's debug log, refused again before it opens
+    anything; a stream cannot be read twice)."""
+    found = None
+    if not piped:
+        log = subprocess.run(_open_command(name, "debug"), capture_output=True, stdin=subprocess.DEVNULL).stderr
+        found = m.group(1) if (m := _PROBED.search(log.decode("utf-8", "replace"))) else None
+    what = f"ffmpeg reads it as {found!r}, " if found else ""
+    return (f"refused: {what}not one of the media formats fama opens (playlists, concat lists, image sequences "
+            "and other inputs that name further files or URLs are never opened); give the media file itself")
+
+
 def _decode_command(name: str, piped: bool, sample_rate: int) -> list[str]:
     # "file:" keeps names such as "10:30 talk.mp3" from being read as a protocol
-    stream = ffmpeg.input("pipe:" if piped else f"file:{name}")["a:0"]
+    stream = ffmpeg.input("pipe:" if piped else f"file:{name}", **input_options(piped))["a:0"]
     # rematrix_maxval=1 makes the downmix an average, as for integer output (float output would be louder)
     out = ffmpeg.output(
         stream, "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=sample_rate, rematrix_maxval=1.0
@@ -237,6 +274,8 @@ def _stream(source: tuple[str, bool], block_seconds: float, sample_rate: int,
         threads[0].join()
         if unreadable:
             raise AudioError(f"{name}: cannot read: {unreadable[0].strerror or unreadable[0]}")
+        if proc.returncode != 0 and any("Format not on whitelist" in e for e in log.errors):
+            raise AudioError(f"{name}: {refused_format(name, piped)}")
         if proc.returncode != 0:
             raise AudioError(f"{name}: {_reason(list(log.errors))}")
         if total == 0:
@@ -265,8 +304,8 @@ def audio_duration(path: str | Path) -> float | None:
     name = str(path)
     if name == STDIN or not Path(path).is_file():
         return None
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "level+info", "-i", f"file:{name}"]
     log = _FfmpegLog()
-    for line in subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL).stderr.splitlines():
+    probe = subprocess.run(_open_command(name, "level+info"), capture_output=True, stdin=subprocess.DEVNULL)
+    for line in probe.stderr.splitlines():
         log.add(line.decode("utf-8", "replace"))
     return log.duration if log.has_audio else None

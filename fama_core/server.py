@@ -1,12 +1,15 @@
 """`fama serve`: OpenAI's audio API (transcriptions, translations) over one model and one batch pool.
 
-Each request's upload is written to a temporary file, which a reader thread decodes (`audio.stream_audio`)
-and cuts at pauses (`vad.iter_speech_chunks`). The chunks of every request join one pool. One decoder thread
-waits a short collection window when it was idle, then decodes what the pool holds in batches sorted by
-length (`pipeline._batches`, `pipeline.decode_chunks`): chunks of concurrent requests share batches, so
-throughput grows with concurrency. A request without a language has it detected on its first speech as
-`fama transcribe --lang auto` does (`pipeline.language_scores`). Segments come from `pipeline.make_segments`
-and are written by `subtitles.format_transcript`, so a response holds what `fama transcribe` writes.
+Each request's upload is written to a temporary file under a neutral name (the upload's bytes, not its name,
+decide how ffmpeg reads it, within `audio.INPUT_FORMATS`), read with an idle timeout and the request's
+deadline; a reader thread decodes it (`audio.stream_audio`) and cuts it at pauses (`vad.iter_speech_chunks`).
+The chunks of every request join one pool. One decoder thread waits a short collection window when it was
+idle, then decodes what the pool holds in batches sorted by length (`pipeline._batches`,
+`pipeline.decode_chunks`): chunks of concurrent requests share batches, so throughput grows with concurrency.
+A request without a language has it detected on its first speech as `fama transcribe --lang auto` does
+(`pipeline.language_scores`); so does a translation, whose transcript then warns when the speech is already in
+the target language (`Transcript.warnings`). Segments come from `pipeline.make_segments` and are written by
+`subtitles.format_transcript`, so a response holds what `fama transcribe` writes.
 
 The HTTP side (`create_app`) needs the `serve` extra (FastAPI, uvicorn, python-multipart); the pool does not.
 """
@@ -14,6 +17,7 @@ The HTTP side (`create_app`) needs the `serve` extra (FastAPI, uvicorn, python-m
 import asyncio
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -55,6 +59,7 @@ IGNORED_FIELDS = ("model", "prompt", "temperature", "chunking_strategy", "includ
                   "known_speaker_names[]", "known_speaker_references[]", "hotwords")
 MAX_FIELD_BYTES = 1 << 16  # all non-file form fields together
 DISCONNECT_POLL_S = 0.2
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +70,7 @@ class ServeOptions:
     max_upload_bytes: int = 200 * 1024 * 1024
     max_requests: int = 64  # requests admitted at once (uploading, reading, decoding); more get 503
     timeout: float = 600.0  # seconds from admission to the response's last byte
+    idle_timeout: float = 30.0  # most seconds an upload may send nothing (408): a stalled client frees its slot
     api_key: str | None = None
 
 
@@ -101,6 +107,8 @@ class Job:
     read_seconds: float = 0.0  # speech read so far (the language detection budget counts it)
     pending_seconds: float = 0.0  # speech read and not yet decoded (bounds a long upload's memory)
     read_done: bool = False
+    detect_pending: bool = False  # the spoken language is still to be detected (auto, or a translation's source)
+    detect_audio: list[torch.Tensor] = field(default_factory=list)  # its first `detect_seconds` of speech
     detected: str | None = None
     streamed: int = 0  # chunks whose segments were sent
     finished: bool = False
@@ -115,6 +123,8 @@ class BatchPool:
         new thread."""
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.options = options or ServeOptions()
+        # the language can be detected when both CTC heads share a dictionary (`fama transcribe` asks the same)
+        self.can_detect = model.cfg.src_vocab_size == model.cfg.vocab_size
         self.cond = threading.Condition()
         self.jobs: list[Job] = []  # with work left
         self.closed = False
@@ -180,9 +190,11 @@ class BatchPool:
                notify: Callable[[tuple], None]) -> Job:
         """Queue an uploaded file; `language` is validated by the caller."""
         lang_id = None if language == "auto" else self.tokenizer.lang_tag_id(language)
+        # a translation's source is detected too, as `fama translate` does, to say so when it is the target
+        detect = language == "auto" or (task == "translate" and self.can_detect)
         with self.cond:
             self._seq += 1
-            job = Job(self._seq, name, path, task, language, lang_id, stream, notify)
+            job = Job(self._seq, name, path, task, language, lang_id, stream, notify, detect_pending=detect)
             self.jobs.append(job)
         assert self._readers is not None, "start() the pool first"
         self._readers.submit(self._read, job)
@@ -237,6 +249,7 @@ class BatchPool:
                         return
                     job.audio[len(job.chunks)] = audio
                     job.chunks.append((float(chunk.start), float(chunk.end)))
+                    self._keep_for_detection(job, audio)
                     job.read_seconds += seconds
                     job.pending_seconds += seconds
                     self.cond.notify_all()
@@ -254,8 +267,15 @@ class BatchPool:
                 blocks.close()  # stops ffmpeg when the loop was left early
         with self.cond:
             job.read_done = True
+            job.detect_pending &= bool(job.detect_audio)  # no speech: nothing to detect
             self.cond.notify_all()
             self._progress_locked(job)
+
+    def _keep_for_detection(self, job: Job, audio: torch.Tensor) -> None:
+        """Keep exactly the first `detect_seconds` of the speech, as `fama transcribe` scores it."""
+        room = int(self.options.transcribe.detect_seconds * SAMPLE_RATE) - sum(len(a) for a in job.detect_audio)
+        if job.detect_pending and room > 0:
+            job.detect_audio.append(audio[:room])
 
     def _fail(self, job: Job, error: ServeError) -> None:
         with self.cond:
@@ -266,10 +286,11 @@ class BatchPool:
     # ------------------------------------------------------------------------------------------- decoding
 
     def _detect_ready(self, job: Job) -> bool:
-        return job.lang_id is None and (job.read_done or job.read_seconds >= self.options.transcribe.detect_seconds)
+        return job.detect_pending and bool(job.detect_audio) and (
+            job.read_done or job.read_seconds >= self.options.transcribe.detect_seconds)
 
     def _has_work(self) -> bool:
-        return any(j.audio and (j.lang_id is not None or self._detect_ready(j)) for j in self.jobs)
+        return any((j.audio and j.lang_id is not None) or self._detect_ready(j) for j in self.jobs)
 
     def _expecting(self) -> bool:
         """Requests are being read that have no chunk waiting yet, and the next batch is not full."""
@@ -300,19 +321,12 @@ class BatchPool:
                     self._fail(j, ServeError(500, f"{j.name}: decoding failed: {type(e).__name__}: {e}"))
 
     def _detect_languages(self) -> None:
-        """Language of each auto request whose first `detect_seconds` of speech are read: `language_scores`
+        """Spoken language of each request whose first `detect_seconds` of speech are read: `language_scores`
         summed over those chunks in order, exactly as `fama transcribe --lang auto` picks it."""
         o = self.options.transcribe
-        picks: list[tuple[Job, torch.Tensor]] = []
         with self.cond:
-            jobs = [j for j in self.jobs if self._detect_ready(j) and j.chunks]
-            for job in jobs:
-                budget = 0.0
-                for c in range(len(job.chunks)):
-                    if budget >= o.detect_seconds:
-                        break
-                    picks.append((job, job.audio[c]))
-                    budget += len(job.audio[c]) / SAMPLE_RATE
+            jobs = [j for j in self.jobs if self._detect_ready(j)]
+            picks = [(job, audio) for job in jobs for audio in job.detect_audio]
         if not picks:
             return
         languages = self.tokenizer.languages
@@ -338,7 +352,10 @@ class BatchPool:
                 if not job.finished:
                     scores = totals[id(job)]
                     job.detected = max(scores, key=scores.get)
-                    job.lang_id = self.tokenizer.lang_tag_id(job.detected)
+                    job.detect_pending, job.detect_audio = False, []
+                    if job.lang_id is None:
+                        job.lang_id = self.tokenizer.lang_tag_id(job.detected)
+                    self._progress_locked(job)  # a translation may be decoded already
 
     def _decode_round(self) -> None:
         """Decode the waiting chunks (oldest requests first, at most 4 batches' worth) in length-sorted batches."""
@@ -390,17 +407,20 @@ class BatchPool:
                 job.streamed = k
                 if segments:
                     job.notify(("segments", segments))
-        if job.read_done and len(job.results) == len(job.chunks):
+        if job.read_done and len(job.results) == len(job.chunks) and not job.detect_pending:
             job.finished = True
             self.jobs.remove(job)
-            job.notify(("done", self._transcript(job)))
+            transcript = self._transcript(job)
+            for warning in transcript.warnings():
+                log.warning(f"{job.name}: {warning}")
+            job.notify(("done", transcript))
 
     def _transcript(self, job: Job) -> Transcript:
         order = sorted(range(len(job.chunks)), key=lambda c: job.chunks[c][0])
         segments = make_segments(self.tokenizer, [job.chunks[c] for c in order], [job.results[c] for c in order])
         if job.task == "translate":
             language = job.language
-            source = next((lang for lang in self.tokenizer.languages if lang != job.language), None)
+            source = job.detected or next((lang for lang in self.tokenizer.languages if lang != job.language), None)
         else:
             language = job.detected or (job.language if job.language != "auto" else "")
             source = language or None
@@ -463,7 +483,7 @@ def render(transcript: Transcript, params: Params, subtitles: SubtitleOptions) -
     if params.fmt in ("text", "srt", "vtt"):
         return format_transcript(transcript, "txt" if params.fmt == "text" else params.fmt, subtitles), "text/plain"
     if params.fmt == "json":
-        return json.dumps({"text": transcript.text}, ensure_ascii=False), "application/json"
+        return json.dumps({"text": transcript.text, **_warnings(transcript)}, ensure_ascii=False), "application/json"
     d = transcript.to_dict()
     body: dict[str, Any] = {"task": transcript.task, "language": LANGUAGE_NAMES.get(transcript.language,
                                                                                     transcript.language),
@@ -474,7 +494,14 @@ def render(transcript: Transcript, params: Params, subtitles: SubtitleOptions) -
     if "word" in params.granularities:
         body["words"] = [{"word": w["text"], "start": w["start"], "end": w["end"]}
                          for s in d["segments"] for w in s["words"]]
-    return json.dumps(body, ensure_ascii=False), "application/json"
+    return json.dumps({**body, **_warnings(transcript)}, ensure_ascii=False), "application/json"
+
+
+def _warnings(transcript: Transcript) -> dict[str, list[str]]:
+    """The `warnings` field of a JSON answer: `Transcript.warnings()`; absent when there is none, so that an
+    ordinary answer has exactly OpenAI's fields."""
+    warnings = transcript.warnings()
+    return {"warnings": warnings} if warnings else {}
 
 
 def upload_name(filename: str | None) -> str:
@@ -484,18 +511,27 @@ def upload_name(filename: str | None) -> str:
     return name or "upload"
 
 
+def malformed(reason: Any) -> ServeError:
+    """The 400 of a body that is not well-formed multipart/form-data (the rest of it is not read: the
+    connection is closed after the answer)."""
+    return ServeError(400, f"malformed multipart/form-data body: {reason}", None, "invalid_multipart",
+                      {"Connection": "close"})
+
+
 class FormReader:
     """Streams a multipart/form-data body: the `file` part straight to a temporary file under `folder`
     (ServeError 413 past `limit` bytes), the other fields into `fields`."""
 
     def __init__(self, content_type: str, folder: Path, limit: int):
-        from python_multipart.multipart import MultipartParser, parse_options_header
+        from python_multipart.exceptions import FormParserError
+        from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
         kind, params = parse_options_header(content_type)
         if kind != b"multipart/form-data" or not params.get(b"boundary"):
             raise ServeError(400, "send the request as multipart/form-data with the audio in the field 'file'",
                              "file", "invalid_content_type")
-        self._parse_header = parse_options_header
+        self._parse_header, self._malformed_error, self._end_state = parse_options_header, FormParserError, \
+            MultipartState.END
         self.folder, self.limit = folder, limit
         self.fields: dict[str, list[str]] = {}
         self.filename: str | None = None
@@ -514,7 +550,10 @@ class FormReader:
             "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
             "on_header_end": self._header_end, "on_headers_finished": self._headers_done,
         }
-        self._parser = MultipartParser(params[b"boundary"], callbacks)
+        try:
+            self._parser = MultipartParser(params[b"boundary"], callbacks)
+        except FormParserError as e:
+            raise malformed(e) from None
 
     def _begin(self) -> None:
         self._headers, self._part, self._value = {}, None, bytearray()
@@ -530,9 +569,8 @@ class FormReader:
             if name != "file" or self.path is not None:
                 return  # another file field: not read
             self.filename = upload_name(options[b"filename"].decode("utf-8", "replace"))
-            suffix = Path(self.filename).suffix
-            suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
-            fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=self.folder)
+            # no suffix from the client: ffmpeg would let a name such as x.m3u8 pick its demuxer
+            fd, tmp = tempfile.mkstemp(prefix="upload-", dir=self.folder)
             self.path, self._file = Path(tmp), os.fdopen(fd, "wb")
             self._part = "\0file"
         else:
@@ -562,10 +600,15 @@ class FormReader:
         self._part = None
 
     def write(self, data: bytes) -> None:
-        self._parser.write(data)
+        try:
+            self._parser.write(data)
+        except self._malformed_error as e:
+            raise malformed(e) from None
 
     def finish(self) -> None:
-        self._parser.finalize()
+        self._parser.finalize()  # checks nothing: a body cut short is found from the parser's state
+        if self._parser.state != self._end_state:
+            raise malformed("the body ends before its closing boundary")
         if self.path is None:
             raise ServeError(400, "no audio: send the file in the multipart field 'file'", "file", "missing_file")
 
@@ -653,17 +696,31 @@ class _Api:
                              "server_busy", {"Retry-After": str(self.pool.retry_after())})
 
     async def upload(self, request: Any, deadline: float) -> FormReader:
-        form = FormReader(request.headers.get("content-type", ""), self.pool.tmp_dir,
-                          self.pool.options.max_upload_bytes)
+        """The body, read piece by piece: each wait for the next piece is bounded by `idle_timeout` (408) and
+        by the request's deadline (504), so that a client that stops sending frees its slot."""
+        options = self.pool.options
+        form = FormReader(request.headers.get("content-type", ""), self.pool.tmp_dir, options.max_upload_bytes)
+        pieces = request.stream()
         try:
-            async for piece in request.stream():
+            while True:
+                left = deadline - time.monotonic()
+                try:
+                    piece = await asyncio.wait_for(anext(pieces), max(0.0, min(options.idle_timeout, left)))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    if left <= options.idle_timeout:
+                        raise ServeError(504, "the upload took longer than the server's timeout", None, "timeout",
+                                         {"Connection": "close"}) from None
+                    raise ServeError(408, f"the upload sent nothing for {options.idle_timeout:g} s",
+                                     None, "upload_timeout", {"Connection": "close"}) from None
                 form.write(piece)
-                if time.monotonic() > deadline:
-                    raise ServeError(504, "the upload took longer than the server's timeout", None, "timeout")
             form.finish()
         except BaseException:
             form.discard()
             raise
+        finally:
+            await pieces.aclose()
         return form
 
     async def handle(self, request: Any, task: str) -> Any:
@@ -671,11 +728,10 @@ class _Api:
         self.admit(request)
         started = time.monotonic()
         deadline = started + pool.options.timeout
-        form, job, handed_over = None, None, False
+        form, job, handed_over, served = None, None, False, False
         try:
             form = await self.upload(request, deadline)
-            can_detect = pool.model.cfg.src_vocab_size == pool.model.cfg.vocab_size
-            params = parse_params(form.fields, task, pool.tokenizer.languages, can_detect)
+            params = parse_params(form.fields, task, pool.tokenizer.languages, pool.can_detect)
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
 
@@ -698,24 +754,27 @@ class _Api:
                 return self.StreamingResponse(events, media_type="text/event-stream",
                                               headers={"Cache-Control": "no-cache"})
             body, media_type = render(message[1], params, pool.options.subtitles)
+            served = True
             return self.Response(body, media_type=media_type)
         except (_Gone, self.ClientDisconnect):
             return self.Response(status_code=499)
         finally:
             if not handed_over:
-                self.finish(job, form, started)
+                self.finish(job, form, started, served)
 
-    def finish(self, job: Job | None, form: FormReader | None, started: float) -> None:
+    def finish(self, job: Job | None, form: FormReader | None, started: float, served: bool) -> None:
+        """Free the request's work, file and slot. Only a served request's time counts in Retry-After: a
+        stalled, timed-out or failed one says nothing about how soon a slot frees."""
         if job is not None:
             self.pool.cancel(job)  # a no-op when it finished
         if form is not None:
             form.discard()
-        self.pool.release(time.monotonic() - started)
+        self.pool.release(time.monotonic() - started if served else None)
 
     async def stream(self, request: Any, queue: asyncio.Queue, message: tuple, job: Job, form: FormReader,
                      started: float, deadline: float) -> AsyncIterator[str]:
         """One transcript.text.delta event per finished segment, then transcript.text.done."""
-        count = 0
+        count, served = 0, False
         try:
             while True:
                 kind = message[0]
@@ -730,7 +789,8 @@ class _Api:
                 if kind == "done":
                     t = message[1]
                     yield _sse({"type": "transcript.text.done", "text": t.text, "language": t.language,
-                                "duration": round(t.duration, 3)})
+                                "duration": round(t.duration, 3), **_warnings(t)})
+                    served = True
                     return
                 try:
                     message = await _next_message(queue, request, deadline)
@@ -739,7 +799,7 @@ class _Api:
         except _Gone:
             return
         finally:
-            self.finish(job, form, started)
+            self.finish(job, form, started, served)
 
 
 def create_app(pool: BatchPool) -> Any:
@@ -747,6 +807,7 @@ def create_app(pool: BatchPool) -> Any:
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
+    from starlette.exceptions import HTTPException
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -765,15 +826,24 @@ def create_app(pool: BatchPool) -> Any:
     async def on_error(request: Request, e: ServeError) -> Any:
         return api.error(e)
 
-    @app.get("/health")
+    @app.exception_handler(HTTPException)
+    async def on_routing_error(request: Request, e: HTTPException) -> Any:
+        """Starlette's 404 (no route) and 405 (with its Allow header) in OpenAI's shape, as OpenAI words them."""
+        where = f"{request.method} {request.url.path}"
+        message = f"Invalid URL ({where})" if e.status_code == 404 else f"{where}: {e.detail}"
+        if e.status_code == 405:
+            message += f"; this path allows {e.headers.get('Allow', '')}"
+        return api.error(ServeError(e.status_code, message, headers=dict(e.headers or {})))
+
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> Any:
         return pool.health()
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models(request: Request) -> Any:
         return api.models(request)
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
     async def model(request: Request, model_id: str) -> Any:
         return api.models(request, model_id)
 
@@ -784,5 +854,20 @@ def create_app(pool: BatchPool) -> Any:
     @app.post("/v1/audio/translations")
     async def translations(request: Request) -> Any:
         return await api.handle(request, "translate")
+
+    routes = list(app.routes)
+
+    @app.api_route("/{path:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+    async def elsewhere(request: Request, path: str) -> Any:
+        """What no route above takes: OPTIONS gets 204 with the methods the path answers to (no API key: it
+        tells no more than a 405 would), another method 405 with them, an unknown path 404."""
+        methods = {m for r in routes if getattr(r, "path_regex", None) and r.path_regex.match(request.url.path)
+                   for m in r.methods or ()}
+        if not methods:
+            raise HTTPException(404)
+        allow = ", ".join(sorted(methods | {"OPTIONS"}))
+        if request.method == "OPTIONS":
+            return api.Response(status_code=204, headers={"Allow": allow})
+        raise HTTPException(405, headers={"Allow": allow})
 
     return app

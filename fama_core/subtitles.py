@@ -54,6 +54,14 @@ class Transcript:
     def text(self) -> str:
         return " ".join(s.text for s in self.segments)
 
+    def warnings(self) -> list[str]:
+        """What a reader must know about this transcript, one line each (`fama transcribe` prints them on
+        stderr, `fama serve` sends them with JSON answers)."""
+        if self.task == "translate" and self.source_language == self.language:
+            return [f"the speech is already in {self.language} (detected); the output is a transcript, "
+                    "not a translation"]
+        return []
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["text"] = self.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import math
 import os
 import re
 import socket
@@ -531,3 +532,270 @@ def test_serve_without_the_extra_says_what_to_install() -> None:
     dist = re.search(r'^name = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.strip() == f'error: fama serve needs the serve extra: pip install "{dist}[serve]"'
+
+
+# --- hardening (issue 24): stalled uploads, uploaded playlists, malformed bodies, routes, options
+
+
+BOUNDARY = "fama-test-boundary"
+
+
+def raw_request(base: str, path: str = "/v1/audio/transcriptions", length: int = 100_000,
+                body: bytes | None = None) -> socket.socket:
+    """A POST over a bare socket: the headers, then `body` (default: a file part's header and ~80 bytes of
+    audio), and nothing more; `length` is the Content-Length announced."""
+    if body is None:
+        body = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="talk.wav"\r\n'
+                "Content-Type: audio/wav\r\n\r\n").encode() + clip("en_bag").read_bytes()[:80]
+    sock = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n")
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def answer(sock: socket.socket, within: float) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of the server's answer on `sock`, which the server must close within `within`
+    seconds (socket.timeout otherwise)."""
+    sock.settimeout(within)
+    data = b""
+    with sock:
+        while piece := sock.recv(65536):
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def openai_error(body: bytes, code: str | None) -> dict:
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code, error
+    return error
+
+
+def test_stalled_uploads_time_out_and_free_their_slots(loaded, media) -> None:
+    """8 clients that send a part header and 80 bytes, then nothing, hold all 8 slots only until the idle
+    timeout: each gets a 408 and its connection closed, and the next client is served."""
+    with serving(loaded, max_requests=8, idle_timeout=1.5, timeout=60) as (base, pool):
+        started = time.monotonic()
+        stalled = [raw_request(base) for _ in range(8)]
+        wait_for(base, "requests_active", 8)
+        r = post_en(base, media["en_cats"])
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+        for sock in stalled:
+            status, headers, body = answer(sock, within=20)
+            assert status == 408 and headers["connection"] == "close", (status, headers, body)
+            error = openai_error(body, "upload_timeout")
+            assert error["message"] == "the upload sent nothing for 1.5 s" and error["type"] == "invalid_request_error"
+        assert 1.5 <= time.monotonic() - started < 15
+        settle(base, pool)  # every slot free, every upload removed
+        before = time.monotonic()
+        r = post_en(base, media["en_cats"])
+        served_in = time.monotonic() - before
+        assert r.status_code == 200 and r.text == "There are twelve cats on the table.\n"
+        # Retry-After counts served requests only: 8 more stalls (1.5 s each) must not lengthen it
+        stalled = [raw_request(base) for _ in range(8)]
+        wait_for(base, "requests_active", 8)
+        r = post_en(base, media["en_cats"])
+        assert r.status_code == 503 and 1 <= int(r.headers["retry-after"]) <= max(1, math.ceil(served_in)), (
+            r.headers["retry-after"], served_in)
+        for sock in stalled:
+            assert answer(sock, within=20)[0] == 408
+        assert settle(base, pool)["requests"] == 17
+
+
+def test_a_stalled_upload_gets_504_at_the_request_deadline(loaded) -> None:
+    """With --timeout shorter than the idle timeout, the total deadline ends a silent upload (504)."""
+    with serving(loaded, timeout=1.0, idle_timeout=30) as (base, pool):
+        started = time.monotonic()
+        status, headers, body = answer(raw_request(base), within=20)
+        assert status == 504 and openai_error(body, "timeout")["type"] == "server_error"
+        assert 1.0 <= time.monotonic() - started < 10
+        assert settle(base, pool)["requests"] == 1  # its slot and its upload are freed
+
+
+def hls_playlist(target: Path) -> bytes:
+    return (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\n{target}\n"
+            "#EXT-X-ENDLIST\n").encode()
+
+
+@pytest.fixture(scope="module")
+def secret(tmp_path_factory) -> Path:
+    """A file on the server's disk (en_cats as MPEG-TS) that a playlist names."""
+    from fama_core.audio import ffmpeg_exe
+
+    path = tmp_path_factory.mktemp("private") / "secret.ts"
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(clip("en_cats")), "-f", "mpegts",
+                    str(path)], check=True)
+    return path
+
+
+def test_an_uploaded_playlist_is_refused_and_what_it_names_never_read(server, secret) -> None:
+    base, pool = server
+    cats = "twelve cats"
+    assert cats in post_en(base, secret).text  # the target itself is readable media
+    concat = f"ffconcat version 1.0\nfile '{secret.name}'\n".encode()
+    for name, data, demuxer in (("list.m3u8", hls_playlist(secret), "hls"),
+                                ("list.m3u", hls_playlist(secret), "hls"),
+                                ("list.ffconcat", concat, "concat")):
+        for fmt in ("text", "json"):
+            r = httpx.post(f"{base}/v1/audio/transcriptions", files={"file": (name, data)},
+                           data={"response_format": fmt, "language": "en"})
+            assert r.status_code == 400 and cats not in r.text, (name, r.text)
+            error = openai_error(r.content, "invalid_audio")
+            assert error["param"] == "file" and error["message"].startswith(f"{name}: "), error
+            # recent ffmpeg takes no HLS playlist without an HLS extension: the neutral name alone stops it there
+            assert f"refused: ffmpeg reads it as '{demuxer}'" in error["message"] or (
+                demuxer == "hls" and error["message"].endswith(": not a media file ffmpeg can decode")), error
+    settle(base, pool)
+
+
+def test_uploads_are_stored_under_a_neutral_name(loaded, media, monkeypatch) -> None:
+    import fama_core.server as srv
+
+    seen = []
+    stream = srv.stream_audio
+    monkeypatch.setattr(srv, "stream_audio", lambda path, *a, **k: seen.append(Path(path)) or stream(path, *a, **k))
+    with serving(loaded) as (base, pool):
+        r = httpx.post(f"{base}/v1/audio/transcriptions", data={"response_format": "text"},
+                       files={"file": ("talk.m3u8.wav", media["en_bag"].read_bytes())})
+        assert r.status_code == 200 and r.text == "Your bag is yellow.\n"
+        settle(base, pool)
+    assert len(seen) == 1 and seen[0].parent == pool.tmp_dir and re.fullmatch(r"upload-[^.]+", seen[0].name)
+
+
+class LogRecords(list):
+    """Records of the server's loggers (uvicorn's do not propagate to the root, where caplog listens)."""
+
+    def __enter__(self) -> LogRecords:
+        import logging
+
+        self.handler = logging.Handler()
+        self.handler.emit = self.append
+        self.loggers = [logging.getLogger(n) for n in ("uvicorn.error", "fama_core")]
+        self.levels = [logger.level for logger in self.loggers]
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+            logger.setLevel(logging.WARNING)  # `--quiet` runs of the CLI in this process raise fama_core's
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for logger, level in zip(self.loggers, self.levels):
+            logger.removeHandler(self.handler)
+            logger.setLevel(level)
+
+
+@pytest.mark.parametrize("body", [
+    b"garbage before the boundary\r\n--" + BOUNDARY.encode() + b'\r\nContent-Disposition: form-data; name="file"; '
+    b'filename="a.wav"\r\n\r\nRIFF\r\n--' + BOUNDARY.encode() + b"--\r\n",
+    f"--{BOUNDARY}\r\nContent-Disposition form-data\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode(),
+    b'--another-boundary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\r\n'
+    b"--another-boundary--\r\n",
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nX-Pad: {"a" * 8192}\r\n\r\n'
+    f"RIFF\r\n--{BOUNDARY}--\r\n".encode(),
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'.encode(),
+], ids=["garbage-first", "header-without-colon", "other-boundary", "8kb-part-header", "cut-short"])
+def test_malformed_multipart_gives_400_json_and_no_traceback(server, body) -> None:
+    base, pool = server
+    with LogRecords() as records:
+        r = httpx.post(f"{base}/v1/audio/transcriptions", content=body,
+                       headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert r.status_code == 400, r.text
+    error = openai_error(r.content, "invalid_multipart")
+    assert error["message"].startswith("malformed multipart/form-data body: ") and error["param"] is None
+    assert [rec for rec in records if rec.exc_info] == []
+    settle(base, pool)
+
+
+def test_routes_answer_in_openai_shape_with_head_and_options(loaded) -> None:
+    with serving(loaded, api_key="k") as (base, pool):
+        r = httpx.get(f"{base}/v1/audio/speech")
+        assert r.status_code == 404 and r.json() == {"error": {
+            "message": "Invalid URL (GET /v1/audio/speech)", "type": "invalid_request_error", "param": None,
+            "code": None}}
+        r = httpx.get(f"{base}/v1/audio/transcriptions")
+        assert r.status_code == 405 and r.headers["allow"] == "OPTIONS, POST"
+        assert r.json()["error"]["message"] == ("GET /v1/audio/transcriptions: Method Not Allowed; this path "
+                                                "allows OPTIONS, POST")
+        r = httpx.head(f"{base}/health")
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-type"] == "application/json"
+        assert httpx.head(f"{base}/v1/models").status_code == 401  # HEAD as GET: the key is needed
+        assert httpx.head(f"{base}/v1/models", headers={"Authorization": "Bearer k"}).status_code == 200
+        for path, allow in (("/v1/audio/translations", "OPTIONS, POST"), ("/health", "GET, HEAD, OPTIONS"),
+                            (f"/v1/models/{MODEL_NAME}", "GET, HEAD, OPTIONS")):
+            r = httpx.options(f"{base}{path}")
+            assert (r.status_code, r.headers["allow"], r.content) == (204, allow, b""), path
+        r = httpx.options(f"{base}/nowhere")
+        assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (OPTIONS /nowhere)"
+        settle(base, pool)
+
+
+def test_translation_into_the_spoken_language_says_so(server, media) -> None:
+    """As `fama translate` warns, with the same words (`Transcript.warnings`): in JSON answers, in the stream's
+    last event, and in the server's log."""
+    base, pool = server
+    warning = "the speech is already in en (detected); the output is a transcript, not a translation"
+    with LogRecords() as records:
+        r = httpx.post(f"{base}/v1/audio/translations", data={"to": "en"},
+                       files={"file": ("cats.wav", media["en_cats"].read_bytes())})
+        assert r.json() == {"text": "There are twelve cats on the table.", "warnings": [warning]}
+        r = httpx.post(f"{base}/v1/audio/translations", data={"to": "en", "response_format": "verbose_json"},
+                       files={"file": ("cats.wav", media["en_cats"].read_bytes())})
+        assert r.json()["warnings"] == [warning] and r.json()["language"] == "english"
+        r = httpx.post(f"{base}/v1/audio/translations", data={"to": "en", "stream": "true"},
+                       files={"file": ("cats.wav", media["en_cats"].read_bytes())})
+        assert json.loads(r.text.split("\n\n")[-2][len("data: "):])["warnings"] == [warning]
+    assert [rec.getMessage() for rec in records] == [f"cats.wav: {warning}"] * 3
+    r = httpx.post(f"{base}/v1/audio/translations", data={"to": "it"},  # a real translation: no warnings
+                   files={"file": ("cats.wav", media["en_cats"].read_bytes())})
+    assert set(r.json()) == {"text"}
+    out = CliRunner().invoke(app, ["translate", str(media["en_cats"]), "--to", "en", "--model", str(MODEL),
+                                   "--device", "cpu", "-o", "-", "-f", "txt", "--quiet"])
+    assert out.exit_code == 0 and out.stderr == f"warning: {media['en_cats']}: {warning}\n"
+    settle(base, pool)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be from 0 to 65535, not 70000"),
+    (["--port", "-1"], "--port must be from 0 to 65535, not -1"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb must be a finite number of at least 0.001, not nan"),
+    (["--max-upload-mb", "inf"], "--max-upload-mb must be a finite number of at least 0.001, not inf"),
+    (["--max-upload-mb", "1e-9"], "--max-upload-mb must be a finite number of at least 0.001, not 1e-09"),
+    (["--timeout", "nan"], "--timeout must be a finite number of at least 0.001, not nan"),
+    (["--idle-timeout", "0"], "--idle-timeout must be a finite number of at least 0.001, not 0"),
+    (["--batch-wait-ms", "nan"], "--batch-wait-ms must be a finite number of at least 0, not nan"),
+    (["--batch-wait-ms", "-1"], "--batch-wait-ms must be a finite number of at least 0, not -1"),
+    (["--max-requests", "0"], "--max-requests must be at least 1, not 0"),
+    (["--readers", "0"], "--readers must be at least 1, not 0"),
+    (["--api-key", "clé"], "--api-key (or FAMA_API_KEY) must be printable ASCII without spaces: an HTTP header "
+                           "cannot carry other characters, so no client could send it"),
+    (["--max-cps", "0"], "--max-cps must be greater than 0, not 0.0"),
+    (["--beam-size", "0"], "beam size must be at least 1, not 0"),
+])
+def test_bad_serve_options_exit_2_before_the_model_loads(args, message, monkeypatch) -> None:
+    import fama_cli.serve_cmd as serve_cmd
+
+    monkeypatch.setattr(serve_cmd, "load_for_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    r = CliRunner().invoke(app, ["serve", "--model", str(MODEL), *args], env={"FAMA_API_KEY": ""})
+    assert (r.exit_code, r.stderr, r.stdout) == (2, f"error: {message}\n", ""), r.stderr
+
+
+def test_non_ascii_api_key_from_the_environment_is_refused(monkeypatch) -> None:
+    import fama_cli.serve_cmd as serve_cmd
+
+    monkeypatch.setattr(serve_cmd, "load_for_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    r = CliRunner().invoke(app, ["serve", "--model", str(MODEL)], env={"FAMA_API_KEY": "sécret"})
+    assert r.exit_code == 2 and r.stderr.startswith("error: --api-key (or FAMA_API_KEY) must be printable ASCII")
+
+
+def test_a_port_in_use_fails_before_the_model_loads(monkeypatch) -> None:
+    import fama_cli.serve_cmd as serve_cmd
+
+    monkeypatch.setattr(serve_cmd, "load_for_cli", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", "--model", str(MODEL), "--port", str(port)])
+    assert (r.exit_code, r.stderr) == (1, f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n")
