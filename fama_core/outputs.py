@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,6 +344,55 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+class InputGuard:
+    """The inputs of a run, recognised under any name (relative, absolute, through links, hard links)."""
+
+    def __init__(self, inputs: Iterable[str | Path] = ()) -> None:
+        self.names: set[str] = set()
+        self.inodes: set[tuple[int, int]] = set()
+        for p in inputs:
+            self.add(p)
+
+    def add(self, path: str | Path) -> None:
+        if str(path) == STDIN:
+            return
+        self.names |= {_same_key(path), _same_key(os.path.realpath(path))}
+        if ident := _identity(path):
+            self.inodes.add(ident)
+
+    def __contains__(self, path: str | Path) -> bool:
+        return (_same_key(path) in self.names or _same_key(os.path.realpath(path)) in self.names
+                or _identity(path) in self.inodes)
+
+
+def _writable_folder(path: Path) -> Path | None:
+    """The nearest existing folder on the way to `path` when it cannot be written into, else None."""
+    p = path.parent
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    return None if p.is_dir() and os.access(p, os.W_OK | os.X_OK) else p
+
+
+def check_output(path: str | Path, *, inputs: Iterable[str | Path] | InputGuard = (), overwrite: bool = False,
+                 what: str = "output") -> Path:
+    """Refuse, before any work, an output file that would be lost or lose data; PlanError with one line.
+
+    Refused: an input of the run (always, `--overwrite` or not), a folder, an existing file unless
+    `overwrite`, and a path whose folder cannot be written. `publish` catches a file appearing later.
+    """
+    path = Path(path)
+    guard = inputs if isinstance(inputs, InputGuard) else InputGuard(inputs)
+    if path in guard:
+        raise PlanError(f"{what} {path} would replace an input; choose another name")
+    if path.is_dir():
+        raise PlanError(f"{what} {path} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise PlanError(f"{what} {path} exists; pass --overwrite to replace it")
+    if (folder := _writable_folder(path)) is not None:
+        raise PlanError(f"{what} {path}: {folder} is {'not writable' if folder.is_dir() else 'not a folder'}")
+    return path
+
+
 def _check_output_dir(output_dir: str) -> None:
     p = Path(output_dir)
     while not os.path.lexists(p) and p.parent != p:
@@ -379,9 +428,7 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
     formats = r.formats or ["txt"]
     plan = OutputPlan(r, to_stdout, formats[:1] if to_stdout else formats)
     assign_output_stems(items, None if to_stdout else r.output_dir)
-    names = {_same_key(it.path) for it in items if it.path != STDIN}
-    names |= {_same_key(os.path.realpath(it.path)) for it in items if it.path != STDIN}
-    inodes = {ident for it in items if it.path != STDIN and (ident := _identity(it.path))}
+    guard = InputGuard(it.path for it in items)
     for it in shard(items, rank, world):
         if it.error:
             plan.refused.append((it, it.error))
@@ -390,8 +437,7 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
             plan.todo.append(it)
             continue
         paths = [Path(f"{it.stem}.{fmt}") for fmt in formats]
-        clash = next((p for p in paths if _same_key(p) in names or _same_key(os.path.realpath(p)) in names
-                      or _identity(p) in inodes), None)
+        clash = next((p for p in paths if p in guard), None)
         existing = [p for p in paths if os.path.lexists(p)]
         if clash is not None:
             plan.refused.append((it, f"output {clash} would replace an input; choose another -o"))
