@@ -429,6 +429,7 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
     plan = OutputPlan(r, to_stdout, formats[:1] if to_stdout else formats)
     assign_output_stems(items, None if to_stdout else r.output_dir)
     guard = InputGuard(it.path for it in items)
+    unwritable: dict[str, Path | None] = {}  # output folder -> the folder on its way that cannot be written
     for it in shard(items, rank, world):
         if it.error:
             plan.refused.append((it, it.error))
@@ -439,10 +440,16 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
         paths = [Path(f"{it.stem}.{fmt}") for fmt in formats]
         clash = next((p for p in paths if p in guard), None)
         existing = [p for p in paths if os.path.lexists(p)]
+        folder = str(paths[0].parent)
+        if folder not in unwritable:  # checked before decoding, not found out after it
+            unwritable[folder] = _writable_folder(paths[0])
         if clash is not None:
             plan.refused.append((it, f"output {clash} would replace an input; choose another -o"))
         elif r.skip_existing and len(existing) == len(paths):
             plan.skipped.append(it)
+        elif (blocked := unwritable[folder]) is not None:
+            plan.refused.append((it, f"cannot write {paths[0]}: {blocked} is "
+                                     f"{'not writable' if blocked.is_dir() else 'not a folder'}; choose another -o"))
         elif existing and not r.overwrite and not r.skip_existing:
             plan.refused.append((it, f"output exists: {existing[0]} (use --overwrite or --skip-existing)"))
         else:

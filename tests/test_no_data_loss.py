@@ -193,3 +193,30 @@ def test_average_of_different_shapes_names_both_files_and_the_parameter(tmp_path
         f"error: {b}: parameter encoder.w has shape (3, 4), but (2, 4) in {a}; average checkpoints of one model "
         "only"], err
     assert not (tmp_path / "avg").exists()
+
+
+# ------------------------------------------------------------------------------------ fama transcribe
+
+
+def test_outputs_beside_inputs_in_a_read_only_folder_fail_before_decoding(tmp_path, monkeypatch):
+    """Each input whose output folder cannot be written fails at once, undecoded; the others are transcribed."""
+    import os
+
+    import fama_core.pipeline
+
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    for folder in (ro, rw):
+        folder.mkdir()
+        shutil.copy(CLIPS / "en_cats.wav", folder / "en_cats.wav")
+    access = os.access  # root may write anywhere: the folder is read-only as far as os.access says
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro else access(p, mode, **kw))
+    decoded = []
+    stream = fama_core.pipeline.stream_audio
+    monkeypatch.setattr(fama_core.pipeline, "stream_audio", lambda p, *a, **k: decoded.append(p) or stream(p, *a, **k))
+    code, _, err = fama("transcribe", ro / "en_cats.wav", rw / "en_cats.wav", "--txt", "--model", TRAINED_TINY,
+                        "--device", "cpu", "--quiet")
+    assert code == 1 and error_lines(err) == [
+        f"failed: {ro / 'en_cats.wav'}: cannot write {ro / 'en_cats.txt'}: {ro} is not writable; choose another -o"]
+    assert decoded == [str(rw / "en_cats.wav")]
+    assert sorted(p.name for p in ro.iterdir()) == ["en_cats.wav"]
+    assert (rw / "en_cats.txt").read_text() == "There are twelve cats on the table.\n"
