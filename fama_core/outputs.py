@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import os
 import re
 import socket
@@ -428,6 +429,8 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
     formats = r.formats or ["txt"]
     plan = OutputPlan(r, to_stdout, formats[:1] if to_stdout else formats)
     assign_output_stems(items, None if to_stdout else r.output_dir)
+    if r.skip_existing and not to_stdout:
+        own_stems(items, formats)
     guard = InputGuard(it.path for it in items)
     unwritable: dict[str, Path | None] = {}  # output folder -> the folder on its way that cannot be written
     for it in shard(items, rank, world):
@@ -456,6 +459,75 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
             plan.todo.append(it)
             plan._formats_of[id(it)] = [f for f, p in zip(formats, paths) if r.overwrite or p not in existing]
     return plan
+
+
+def _recorded_source(stem: Path) -> str | None:
+    """The input that `stem.json`, written by fama, records as its source (None: no such file, or not fama's)."""
+    try:
+        source = json.loads(Path(f"{stem}.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
+def _same_input(source: str, item: InputFile) -> bool:
+    return source == item.path or _same_key(os.path.realpath(source)) == _same_key(os.path.realpath(item.path))
+
+
+def _family(item: InputFile, listing: dict[str, list[str]]) -> list[Path]:
+    """The stems `assign_output_stems` may have given `item` in an earlier run: `talk`, `talk.wav`, and each
+    `talk.wav-N` with a JSON in the folder (`listing`: folder -> its names, filled as needed)."""
+    stem = Path(item.stem)
+    full = stem.with_name(Path(item.path).name)
+    if str(stem.parent) not in listing:
+        try:
+            listing[str(stem.parent)] = os.listdir(stem.parent)
+        except OSError:
+            listing[str(stem.parent)] = []
+    counted = re.compile(re.escape(full.name) + r"-(\d+)\.json")
+    numbers = sorted(int(m.group(1)) for n in listing[str(stem.parent)] if (m := counted.fullmatch(n)))
+    return [stem.with_name(Path(item.path).stem), full, *(full.with_name(f"{full.name}-{n}") for n in numbers)]
+
+
+def own_stems(items: list[InputFile], formats: list[str]) -> None:
+    """For `--skip-existing`: give each input the stem of the outputs it wrote in an earlier run, as their JSON's
+    `source` records, and never the stem of outputs another input wrote (an earlier run's names differ when
+    its inputs differed: `s2/talk.wav` may own `talk.wav.json` while this run's names give it to `s1/talk.wav`).
+
+    An input without such a record keeps its stem unless another input's record claims it; it then takes the
+    first free `talk.wav`, `talk.wav-2`, ... (no output there, not another input's). Outputs without a JSON
+    are matched by name only.
+    """
+    if any(it.path == STDIN for it in items):
+        return
+    listing: dict[str, list[str]] = {}
+    owner: dict[str, str | None] = {}
+
+    def source(stem: Path) -> str | None:
+        if str(stem) not in owner:
+            owner[str(stem)] = _recorded_source(stem)
+        return owner[str(stem)]
+
+    claimed: dict[str, InputFile] = {}
+    for it in items:
+        found = next((stem for stem in _family(it, listing) if str(stem) not in claimed
+                      and (src := source(stem)) is not None and _same_input(src, it)), None)
+        if found is not None:
+            claimed[str(found)] = it
+    stem_of = {id(it): stem for stem, it in claimed.items()}
+    movers = [it for it in items if id(it) not in stem_of and (
+        it.stem in claimed or ((src := source(Path(it.stem))) is not None and not _same_input(src, it)))]
+    moving = {id(it) for it in movers}
+    used = set(claimed) | {it.stem for it in items if id(it) not in stem_of and id(it) not in moving}
+    for it in items:
+        if id(it) in stem_of:
+            it.stem = stem_of[id(it)]
+    for it in movers:
+        full = Path(it.stem).with_name(Path(it.path).name)
+        candidates = itertools.chain([full], (full.with_name(f"{full.name}-{n}") for n in itertools.count(2)))
+        it.stem = next(str(stem) for stem in candidates if str(stem) not in used and source(stem) is None
+                       and not any(os.path.lexists(f"{stem}.{fmt}") for fmt in formats))
+        used.add(it.stem)
 
 
 def _examine_is_dir(arg: str) -> bool | None:

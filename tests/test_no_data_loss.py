@@ -5,6 +5,7 @@ nothing could be scored, and option values refused before the work."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -200,8 +201,6 @@ def test_average_of_different_shapes_names_both_files_and_the_parameter(tmp_path
 
 def test_outputs_beside_inputs_in_a_read_only_folder_fail_before_decoding(tmp_path, monkeypatch):
     """Each input whose output folder cannot be written fails at once, undecoded; the others are transcribed."""
-    import os
-
     import fama_core.pipeline
 
     ro, rw = tmp_path / "ro", tmp_path / "rw"
@@ -220,3 +219,29 @@ def test_outputs_beside_inputs_in_a_read_only_folder_fail_before_decoding(tmp_pa
     assert decoded == [str(rw / "en_cats.wav")]
     assert sorted(p.name for p in ro.iterdir()) == ["en_cats.wav"]
     assert (rw / "en_cats.txt").read_text() == "There are twelve cats on the table.\n"
+
+
+def test_skip_existing_uses_the_outputs_each_input_owns(tmp_path, monkeypatch):
+    """Run 1 names s2/talk.wav's outputs talk.wav.* (s3/talk.wav collided, and failed); run 2's inputs s1, s2
+    give talk.wav to s1: s1 must still be transcribed, and s2 skipped, not transcribed again as talk.wav-2."""
+    monkeypatch.chdir(tmp_path)
+    for folder, clip in (("s1", "en_bag"), ("s2", "en_cats")):
+        Path(folder).mkdir()
+        shutil.copy(CLIPS / f"{clip}.wav", Path(folder) / "talk.wav")
+    Path("s3").mkdir()
+    Path("s3/talk.wav").write_text("not audio\n")
+    common = ["-o", "out", "--txt", "--json", "--model", TRAINED_TINY, "--device", "cpu", "--beam-size", "1"]
+    code, _, err = fama("transcribe", "s2/talk.wav", "s3/talk.wav", *common)
+    assert code == 1 and sorted(os.listdir("out")) == ["talk.wav.json", "talk.wav.txt"], err
+    before = Path("out/talk.wav.json").stat().st_mtime_ns
+    code, _, err = fama("transcribe", "s1/talk.wav", "s2/talk.wav", *common, "--skip-existing")
+    assert code == 0 and "1 done, 1 skipped, 0 failed" in err, err
+    assert sorted(os.listdir("out")) == ["talk.wav-2.json", "talk.wav-2.txt", "talk.wav.json", "talk.wav.txt"]
+    assert Path("out/talk.wav.json").stat().st_mtime_ns == before
+    assert json.loads(Path("out/talk.wav-2.json").read_text())["source"] == "s1/talk.wav"
+    assert Path("out/talk.wav-2.txt").read_text() == "Your bag is yellow.\n"
+    assert Path("out/talk.wav.txt").read_text() == "There are twelve cats on the table.\n"
+    for order in (["s1/talk.wav", "s2/talk.wav"], ["s2/talk.wav", "s1/talk.wav"]):  # done: both skipped
+        code, _, err = fama("transcribe", *order, *common, "--skip-existing")
+        assert code == 0 and "0 done, 2 skipped, 0 failed" in err, err
+    assert len(os.listdir("out")) == 4
