@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import socket
 import stat
 from collections.abc import Iterable, Iterator, Mapping
@@ -265,6 +266,23 @@ def atomic_path(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
         finally:
             os.close(fd)
         publish(tmp, path, overwrite=overwrite)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def publish_link(src: str | Path, path: str | Path, *, overwrite: bool) -> Path:
+    """Give `path` the finished file `src`'s contents: a hard link to it (a copy where the file system has no
+    links), published as by `atomic_write`."""
+    path = Path(path)
+    clean_stale_temps(path, rescan=False)
+    tmp = temp_path(path)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        return publish(tmp, path, overwrite=overwrite)
     except BaseException:
         _unlink(tmp)
         raise
