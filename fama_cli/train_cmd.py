@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fama_cli.main import app, data_app, err, fail, out
 
@@ -274,10 +275,10 @@ def data_manifest(
     except (OSError, ValueError, KeyError) as e:
         raise fail(str(e)) from None
     for p in problems[:20]:
-        err.print(f"[yellow]skipped:[/] {p}")
+        err.print(f"[yellow]skipped:[/] {escape(p)}", soft_wrap=True)
     if len(problems) > 20:
         err.print(f"[yellow]... and {len(problems) - 20} more skipped[/]")
-    out.print(f"wrote {output}: {n} utterances ({len(problems)} skipped)")
+    out.print(f"wrote {escape(str(output))}: {n} utterances ({len(problems)} skipped)", soft_wrap=True)
     if n == 0:
         raise typer.Exit(1)
 

@@ -122,3 +122,18 @@ def test_server_answers_400_for_a_truncated_wav(tmp_path) -> None:
                        data={"model": "x"}, timeout=60)
     assert r.status_code == 400, r.text
     assert "truncated or damaged: the header declares 3.73 s of audio" in r.json()["error"]["message"]
+
+
+def test_data_manifest_skips_a_truncated_wav(tmp_path) -> None:
+    """`fama data manifest` reads a 16 kHz WAV's length from its header: one cut short is listed and skipped."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "cats.wav").write_bytes(CATS.read_bytes())
+    cut(CATS, CATS.stat().st_size // 2, corpus / "half.wav")
+    for name in ("cats", "half"):
+        (corpus / f"{name}.txt").write_text("There are twelve cats on the table.\n")
+    r = CliRunner().invoke(app, ["data", "manifest", str(corpus), str(tmp_path / "m.tsv"), "--lang", "en"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "1 utterances (1 skipped)" in r.stdout, r.output
+    assert r.stderr.startswith(f"skipped: {corpus / 'half.wav'}: truncated or damaged: the header declares 3.73 s")
+    assert [line.split("\t")[0] for line in (tmp_path / "m.tsv").read_text().splitlines()] == ["id", "cats"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import wave
 from collections.abc import Iterable, Sequence
@@ -329,13 +330,18 @@ def batch_seed(seed: int, epoch: int, batch_index: int, what: str) -> int:
 
 
 def audio_samples(path: Path) -> int:
-    """Number of 16 kHz samples of an audio file (header only for plain wav)."""
+    """Number of 16 kHz samples of an audio file (header only for a complete 16 kHz PCM wav).
+
+    A wav shorter than its header declares is decoded, which reports it as truncated (AudioError).
+    """
     if path.suffix == ".wav":
         try:
-            with wave.open(str(path)) as w:
-                if w.getframerate() == 16000:
+            with open(path, "rb") as f, wave.open(f) as w:
+                # wave stops reading at the data chunk's first byte
+                end = f.tell() + w.getnframes() * w.getnchannels() * w.getsampwidth()
+                if w.getframerate() == 16000 and end <= os.fstat(f.fileno()).st_size:
                     return w.getnframes()
-        except (wave.Error, EOFError):
+        except (wave.Error, EOFError, OSError):
             pass
     from fama_core.audio import load_audio
 
@@ -396,7 +402,7 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
         try:
             samples = audio_samples(audio)
         except Exception as ex:  # unreadable audio is reported, not fatal
-            problems.append(f"{audio}: {ex}")
+            problems.append(str(ex) if str(ex).startswith(f"{audio}: ") else f"{audio}: {ex}")  # named once
             continue
         text = (e.get("text") or e.get("src_text") or "").strip()
         translation = (e.get("translation") or e.get("tgt_text") or "").strip()
