@@ -492,6 +492,17 @@ def _same_input(source: str, item: InputFile) -> bool:
     return source == item.path or _same_key(os.path.realpath(source)) == _same_key(os.path.realpath(item.path))
 
 
+def _foreign(source: str, item: InputFile) -> bool:
+    """Whether the recorded `source` is surely another input than `item`: another name, or another existing
+    file. A relative source that does not resolve from here (a run from another folder) proves nothing."""
+    if _same_input(source, item):
+        return False
+    if Path(source).name != Path(item.path).name:
+        return True
+    ident = _identity(source)
+    return ident is not None and ident != _identity(item.path)
+
+
 def _family(item: InputFile, listing: dict[str, list[str]]) -> list[Path]:
     """The stems `assign_output_stems` may have given `item` in an earlier run: `talk`, `talk.wav`, and each
     `talk.wav-N` with a JSON in the folder (`listing`: folder -> its names, filled as needed)."""
@@ -534,7 +545,7 @@ def own_stems(items: list[InputFile], formats: list[str]) -> None:
             claimed[str(found)] = it
     stem_of = {id(it): stem for stem, it in claimed.items()}
     movers = [it for it in items if id(it) not in stem_of and (
-        it.stem in claimed or ((src := source(Path(it.stem))) is not None and not _same_input(src, it)))]
+        it.stem in claimed or ((src := source(Path(it.stem))) is not None and _foreign(src, it)))]
     moving = {id(it) for it in movers}
     used = set(claimed) | {it.stem for it in items if id(it) not in stem_of and id(it) not in moving}
     for it in items:

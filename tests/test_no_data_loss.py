@@ -245,3 +245,17 @@ def test_skip_existing_uses_the_outputs_each_input_owns(tmp_path, monkeypatch):
         code, _, err = fama("transcribe", *order, *common, "--skip-existing")
         assert code == 0 and "0 done, 2 skipped, 0 failed" in err, err
     assert len(os.listdir("out")) == 4
+
+
+def test_skip_existing_from_another_folder_still_skips(tmp_path, monkeypatch):
+    """A run from another working folder (the JSON's relative `source` no longer resolves) skips what is done."""
+    (tmp_path / "rec").mkdir()
+    shutil.copy(CLIPS / "en_bag.wav", tmp_path / "rec" / "talk.wav")
+    common = ["--txt", "--json", "--model", TRAINED_TINY, "--device", "cpu", "--beam-size", "1"]
+    monkeypatch.chdir(tmp_path)
+    assert fama("transcribe", "rec", "-o", "out", *common)[0] == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, _, err = fama("transcribe", tmp_path / "rec", "-o", tmp_path / "out", *common, "--skip-existing")
+    assert code == 0 and "0 done, 1 skipped, 0 failed" in err, err
+    assert sorted(os.listdir(tmp_path / "out")) == ["talk.json", "talk.txt"]
