@@ -6,7 +6,7 @@ scored), 2 usage error (bad options, unreadable manifest or model).
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -21,19 +21,22 @@ def _opt(text: str, *names: str) -> typer.Option:
     return typer.Option(*names, help=text, show_default=False)
 
 
-def _check_writable(path: Path) -> None:
-    """Fail before decoding, not after an hour of it, when the report cannot be written."""
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise fail(f"cannot write the report to {path}", 2)
+def _check_report(report: Path | None, inputs: list, overwrite: bool) -> None:
+    """Fail before decoding, not after an hour of it, when the report would replace an input or an existing
+    file (without --overwrite), or cannot be written."""
+    from fama_core.outputs import PlanError, check_output
+
+    if report is not None:
+        try:
+            check_output(report, inputs=[p for p in inputs if p is not None], overwrite=overwrite, what="--report")
+        except PlanError as e:
+            raise fail(str(e), 2) from None
 
 
 @app.command("eval")
 def eval_cmd(
-    manifest: Annotated[Path | None, typer.Argument(help="Manifest TSV (id, audio, n_frames, tgt_text, speaker, "
-                                                    "src_text, src_lang, tgt_lang) to decode and score",
+    manifest: Annotated[Path | None, typer.Argument(help="Manifest TSV to decode and score: id, audio, tgt_text "
+                                                    "and optional n_frames, speaker, src_text, src_lang, tgt_lang",
                                                     show_default=False)] = None,
     model: Annotated[str | None, _opt("Alias, Hugging Face repo id, model folder or .pt (default: fama-small)",
                                       "--model", "-m")] = None,
@@ -59,6 +62,8 @@ def eval_cmd(
                                         "model, RTF)", "--report", "-o")] = None,
     max_wer: Annotated[float | None, _opt("Exit 1 when the overall WER (%) is above this", "--max-wer")] = None,
     min_bleu: Annotated[float | None, _opt("Exit 1 when the overall BLEU is below this", "--min-bleu")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --report file (never an "
+                                                                "input)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)",
@@ -75,8 +80,6 @@ def eval_cmd(
     """
     _check_task_options(task, max_wer, min_bleu, to)
     apply_threads(threads)
-    if report is not None:
-        _check_writable(report)
 
     if hyp is not None or ref is not None:
         decoding = {"a MANIFEST": manifest, "--model": model, "--to": to, "--beam-size": beam_size,
@@ -87,6 +90,7 @@ def eval_cmd(
             raise fail(f"--hyp/--ref score existing outputs; {', '.join(extra)} only go with decoding a manifest", 2)
         if hyp is None or ref is None:
             raise fail("--hyp and --ref go together", 2)
+        _check_report(report, [hyp, ref], overwrite)
         result = _score_files(hyp, ref, task, lang)
     elif manifest is None:
         raise fail("give a MANIFEST to decode (with --model), or --hyp and --ref to score existing outputs", 2)
@@ -94,8 +98,12 @@ def eval_cmd(
         if task == "st" and lang is not None:
             raise fail("--lang is the spoken language for ASR; for --task st give the target with --to", 2)
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
-                                   batch_size, device, dtype, quiet or as_json)
-    _output(result, report, as_json, quiet)
+                                   batch_size, device, dtype, quiet or as_json,
+                                   lambda audio: _check_report(report, [manifest, *audio], overwrite))
+    _print_failed(result)
+    if not result.utterances:  # no score to print or write: a WER of 0.00 over nothing would read as perfect
+        raise fail(f"no row could be decoded ({len(getattr(result, 'failed', []))} failed); no report written")
+    _output(result, report, as_json, quiet, overwrite)
     _exit_code(result, max_wer, min_bleu)
 
 
@@ -111,17 +119,20 @@ def _check_task_options(task: str, max_wer: float | None, min_bleu: float | None
                    "src_lang (or --lang)", 2)
 
 
-def _output(result, report: Path | None, as_json: bool, quiet: bool) -> None:
+def _print_failed(result) -> None:
+    for row in getattr(result, "failed", []):
+        err.print(f"[red]failed:[/] row {escape(row['id'])} ({escape(row['audio'])}): {escape(row['error'])}",
+                  soft_wrap=True)
+
+
+def _output(result, report: Path | None, as_json: bool, quiet: bool, overwrite: bool) -> None:
     from fama_core.evaluation import write_report
 
     if report is not None:
         try:
-            write_report(result, report)
+            write_report(result, report, overwrite=overwrite)
         except OSError as e:
             raise fail(f"cannot write the report to {report}: {e}", 2) from None
-    for row in getattr(result, "failed", []):
-        err.print(f"[red]failed:[/] row {escape(row['id'])} ({escape(row['audio'])}): {escape(row['error'])}",
-                  soft_wrap=True)
     if as_json:
         print(result.to_json())
     elif not quiet:
@@ -134,8 +145,6 @@ def _exit_code(result, max_wer: float | None, min_bleu: float | None) -> None:
     from fama_core.scoring import gate
 
     failed = len(getattr(result, "failed", []))
-    if not result.utterances:
-        raise fail(f"no row could be decoded ({failed} failed)")
     if not gate(result, max_wer, min_bleu):
         if max_wer is not None:
             err.print(f"gate failed: WER {result.overall.wer:.2f} > --max-wer {max_wer:g}")
@@ -160,7 +169,7 @@ def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
 
 def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lang: str | None,
                       beam_size: int | None, ctc_weight: float | None, greedy: bool, batch_size: int | None,
-                      device: str | None, dtype: str | None, quiet: bool):
+                      device: str | None, dtype: str | None, quiet: bool, check_report: Callable[[list], None]):
     from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
@@ -185,10 +194,11 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     try:
         from fama_core.manifest import read_manifest
 
-        rows = read_manifest(manifest)
+        rows = read_manifest(manifest, require_frames=False)
         plan(rows, options)  # a bad manifest fails before the model loads
     except (OSError, ValueError) as e:
         raise fail(str(e) if isinstance(e, ValueError) else f"cannot read manifest {manifest}: {e}", 2) from None
+    check_report([row.audio_path(manifest.parent) for row in rows])
     try:
         devices = resolve_devices(device)
     except ValueError as e:
@@ -202,7 +212,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
     if not quiet and err.is_terminal:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        total = sum(r.n_frames for r in rows) / 100  # 10 ms frames; only for the bar
+        total = sum(r.n_frames for r in rows) / 100  # 10 ms frames (0 where the manifest has none); for the bar
         progress = Progress(TextColumn(f"eval {task}"), BarColumn(), TextColumn("{task.completed:.0f} s audio"),
                             TimeElapsedColumn(), console=err, transient=True)
         bar = progress.add_task("eval", total=total or None)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from fama_cli.main import app, data_app, err, fail, out
 
@@ -235,6 +236,8 @@ def average(
 
     if not checkpoints and directory is None:
         raise fail("give checkpoint files or --dir", 2)
+    if last < 1:
+        raise fail(f"--last must be at least 1, not {last}", 2)
     try:
         folder = run_average(checkpoints or None, directory, last, output, spm, upper_bound, overwrite)
     except (CheckpointError, ValueError, OSError) as e:
@@ -255,21 +258,27 @@ def data_manifest(
     translation_suffix: Annotated[str | None, _opt("Translation file beside each audio file, e.g. .it.txt")]
     = None,
     absolute: Annotated[bool, typer.Option("--absolute", help="Write absolute audio paths")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT (never an input)")]
+    = False,
 ) -> None:
     """Build a training manifest (fairseq's speech-to-text TSV) and fill n_frames."""
+    from fama_core.outputs import PlanError
     from fama_core.training import build_manifest
 
     if translation_suffix and not tgt_lang:
         raise fail("--translation-suffix needs --tgt-lang", 2)
     try:
-        n, problems = build_manifest(source, output, lang, tgt_lang, text_suffix, translation_suffix, not absolute)
+        n, problems = build_manifest(source, output, lang, tgt_lang, text_suffix, translation_suffix, not absolute,
+                                     overwrite=overwrite)
+    except PlanError as e:
+        raise fail(str(e), 2) from None
     except (OSError, ValueError, KeyError) as e:
         raise fail(str(e)) from None
     for p in problems[:20]:
-        err.print(f"[yellow]skipped:[/] {p}")
+        err.print(f"[yellow]skipped:[/] {escape(p)}", soft_wrap=True)
     if len(problems) > 20:
         err.print(f"[yellow]... and {len(problems) - 20} more skipped[/]")
-    out.print(f"wrote {output}: {n} utterances ({len(problems)} skipped)")
+    out.print(f"wrote {escape(str(output))}: {n} utterances ({len(problems)} skipped)", soft_wrap=True)
     if n == 0:
         raise typer.Exit(1)
 
@@ -282,15 +291,21 @@ def data_spm(
     model_type: Annotated[str, typer.Option(help="unigram, bpe, char or word")] = "unigram",
     langs: Annotated[str | None, _opt("Language tags to add, e.g. en,it (default: the manifests' languages)")]
     = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing PREFIX.model and PREFIX.txt "
+                                                                "(never an input)")] = False,
 ) -> None:
     """Train a SentencePiece model + fairseq dictionary as FBK's gen_vocab does (with <lang:xx> tags)."""
+    from fama_core.outputs import PlanError
     from fama_core.tokenizer import train_spm
     from fama_core.training import manifest_texts
 
     try:
         texts, seen = manifest_texts(manifests)
         tags = [x.strip() for x in langs.split(",")] if langs else seen
-        tok = train_spm(texts, output, vocab_size, model_type=model_type, langs=tags)
+        tok = train_spm(texts, output, vocab_size, model_type=model_type, langs=tags, overwrite=overwrite,
+                        protect=manifests)
+    except PlanError as e:
+        raise fail(str(e), 2) from None
     except (OSError, ValueError, RuntimeError) as e:
         raise fail(str(e)) from None
     out.print(f"wrote {tok.model_path} and {tok.dict_path}: {tok.vocab_size} ids with <ctc_blank>, "

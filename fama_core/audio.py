@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -21,6 +22,11 @@ SAMPLE_RATE = 16000
 STDIN = "-"
 # a file that decodes this much shorter than its header declares (and over 1 % shorter) is truncated
 TRUNCATION_TOLERANCE_S = 0.5
+# a WAV's header gives its length exactly (resampling changes it by a sample at most): any shortfall beyond
+# this is a file cut short, or one still being written
+WAV_TOLERANCE_S = 0.01
+_WAV_UNSET = (0, 0xFFFFFFFF)  # data sizes a streaming writer leaves in the header: the length is unknown
+_WAV_FRAMED = (1, 3, 6, 7)  # PCM, IEEE float, A-law, mu-law: a frame is block_align bytes
 
 
 class AudioError(Exception):
@@ -161,16 +167,66 @@ class _FfmpegLog:
                 self.has_audio |= stream.group(1) == "Audio"
                 self.video |= stream.group(1) == "Video" and "(attached pic)" not in message
 
-    def check_complete(self, name: str, samples: int, sample_rate: int) -> None:
-        """Raise AudioError when clearly fewer samples came out than an audio file's header declares."""
-        if self.duration is None or self.estimated or self.video:
-            return
+    def check_complete(self, name: str, samples: int, sample_rate: int, wav_seconds: float | None = None) -> None:
+        """Raise AudioError when clearly fewer samples came out than an audio file's header declares.
+
+        `wav_seconds`: the length a WAV header declares (`wav_declared_seconds`); ffmpeg only estimates a WAV's
+        duration from its bitrate, which turns its own check off, so this is checked, exactly, instead.
+        """
+        declared, tolerance = wav_seconds, WAV_TOLERANCE_S
+        if declared is None:
+            if self.duration is None or self.estimated or self.video:
+                return
+            declared, tolerance = self.duration, max(TRUNCATION_TOLERANCE_S, 0.01 * self.duration)
         got = samples / sample_rate
-        if self.duration - got > max(TRUNCATION_TOLERANCE_S, 0.01 * self.duration):
+        if declared - got > tolerance:
             why = f" ({self.errors[-1].strip()})" if self.errors else ""
-            raise AudioError(f"{name}: truncated or damaged: the header declares {self.duration:.2f} s of audio, "
+            raise AudioError(f"{name}: truncated or damaged: the header declares {declared:.2f} s of audio, "
                              f"only {got:.2f} s could be decoded{why}; re-encode it (e.g. ffmpeg -i) to "
                              "transcribe the part that is there")
+
+
+def _wav_chunks(f) -> Iterator[tuple[bytes, int, bytes]]:
+    """(id, declared size, body) of each RIFF chunk up to and including `data` (its body not read)."""
+    while len(head := f.read(8)) == 8:
+        chunk, size = head[:4], struct.unpack("<I", head[4:])[0]
+        if chunk == b"data":
+            yield chunk, size, b""
+            return
+        body = f.read(min(size, 1 << 16)) if chunk in (b"fmt ", b"ds64") else b""
+        f.seek(size + (size & 1) - len(body), os.SEEK_CUR)  # chunks are padded to an even size
+        yield chunk, size, body
+
+
+def wav_declared_seconds(path: str | Path) -> float | None:
+    """The seconds of audio a WAV (RIFF or RF64) header declares: its data chunk's size over the frame size.
+
+    None when `path` is not such a WAV, when its codec has no fixed frame size, or when the size is unknown
+    (0 or 0xFFFFFFFF, left by a streaming writer, without an RF64 `ds64` size).
+    """
+    try:
+        with open(path, "rb") as f:
+            riff = f.read(12)
+            if len(riff) < 12 or riff[:4] not in (b"RIFF", b"RF64", b"BW64") or riff[8:] != b"WAVE":
+                return None
+            fmt, ds64_size, data_size = b"", None, None
+            for chunk, size, body in _wav_chunks(f):
+                if chunk == b"fmt ":
+                    fmt = body
+                elif chunk == b"ds64" and len(body) >= 16:
+                    ds64_size = struct.unpack("<Q", body[8:16])[0]
+                elif chunk == b"data":
+                    data_size = ds64_size if size == 0xFFFFFFFF and ds64_size is not None else size
+    except OSError:
+        return None
+    if len(fmt) < 16 or data_size is None or data_size in _WAV_UNSET:
+        return None
+    tag, _, rate, _, block_align = struct.unpack("<HHIIH", fmt[:14])
+    if tag == 0xFFFE and len(fmt) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the codec is the sub-format's first two bytes
+        tag = struct.unpack("<H", fmt[24:26])[0]
+    if tag not in _WAV_FRAMED or not block_align or not rate:
+        return None
+    return data_size // block_align / rate
 
 
 def _pump(name: str, dst, failed: list[OSError]) -> None:
@@ -237,6 +293,7 @@ def stream_audio(
 def _stream(source: tuple[str, bool], block_seconds: float, sample_rate: int,
             processes: set | None = None) -> Iterator[np.ndarray]:
     name, piped = source
+    wav_seconds = None if piped else wav_declared_seconds(name)
     block_bytes = max(1, int(round(block_seconds * sample_rate))) * 4
     proc = subprocess.Popen(
         _decode_command(name, piped, sample_rate),
@@ -280,7 +337,7 @@ def _stream(source: tuple[str, bool], block_seconds: float, sample_rate: int,
             raise AudioError(f"{name}: {_reason(list(log.errors))}")
         if total == 0:
             raise AudioError(f"{name}: zero-length audio (the audio stream holds no samples)")
-        log.check_complete(name, total, sample_rate)
+        log.check_complete(name, total, sample_rate, wav_seconds)
     finally:
         if processes is not None:
             processes.discard(proc)

@@ -29,7 +29,7 @@ from .config import PRESETS, ModelConfig
 from .model import FamaModel
 from .outputs import atomic_path, file_mode
 from .precision import DTYPES, apply_precision, return_freed_memory
-from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, write_fairseq_dict
+from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, fairseq_dict_text
 
 FORMAT_NAME = "fama"
 FORMAT_VERSION = 1
@@ -603,7 +603,7 @@ def save_model(model: FamaModel, tokenizer: Tokenizer, folder: str | Path, dtype
             if tokenizer.dict_path is not None:
                 shutil.copyfile(tokenizer.dict_path, tmp[DICT_FILE])
             else:
-                write_fairseq_dict(tokenizer.sp, tmp[DICT_FILE])
+                tmp[DICT_FILE].write_text(fairseq_dict_text(tokenizer.sp), encoding="utf-8")
     except FileExistsError as e:
         raise CheckpointError(f"{e.filename}: appeared while the model was being written; not replaced") from None
     return folder

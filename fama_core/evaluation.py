@@ -239,7 +239,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
         raise EvalError("batch_size and batch_seconds must be positive")
     if isinstance(manifest, (str, Path)):
         try:
-            rows = read_manifest(manifest)
+            rows = read_manifest(manifest, require_frames=False)
         except (OSError, UnicodeDecodeError) as e:
             raise EvalError(f"cannot read manifest {manifest}: {e}") from None
         except ValueError as e:
@@ -284,6 +284,7 @@ def evaluate_files(hyp: str | Path, ref: str | Path, task: str = "asr", lang: st
     return score_files(hyp, ref, task=task, lang=lang, normalize=normalize, ref_column=ref_column)
 
 
-def write_report(report: Report, path: str | Path) -> None:
-    """Write `report.to_json()` atomically (the one atomic writer; a report is replaced by a newer one)."""
-    atomic_write(path, report.to_json() + "\n", overwrite=True)
+def write_report(report: Report, path: str | Path, *, overwrite: bool = False) -> None:
+    """Write `report.to_json()` atomically (the one atomic writer); an existing file is replaced only with
+    `overwrite` (else OutputExistsError)."""
+    atomic_write(path, report.to_json() + "\n", overwrite=overwrite)

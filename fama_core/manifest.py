@@ -17,6 +17,7 @@ from .outputs import atomic_write
 
 COLUMNS = ("id", "audio", "n_frames", "tgt_text", "speaker", "src_text", "src_lang", "tgt_lang")
 REQUIRED = COLUMNS[:4]  # fairseq's own ASR manifests may stop after `speaker`; the rest default to ""
+SCORING = ("id", "audio", "tgt_text")  # what evaluation needs: n_frames only sizes training batches
 
 
 def n_frames_for_samples(n: int) -> int:
@@ -64,12 +65,15 @@ class ManifestRow:
         return Path(base) / self.path  # an absolute self.path wins over base
 
 
-def read_manifest(path: str | Path) -> list[ManifestRow]:
+def read_manifest(path: str | Path, *, require_frames: bool = True) -> list[ManifestRow]:
     """Rows of a manifest (UTF-8, a byte-order mark allowed); raises ValueError naming the file and line of the
-    first bad row, or the file and offset of the first byte that is not UTF-8."""
+    first bad row, or the file and offset of the first byte that is not UTF-8.
+
+    With `require_frames=False` (evaluation, SentencePiece training) the `n_frames` column may be left out of
+    a hand-made manifest; its rows then have `n_frames` 0 (unknown)."""
     path = Path(path)
     try:
-        return _read_rows(path)
+        return _read_rows(path, REQUIRED if require_frames else SCORING)
     except UnicodeDecodeError:
         raw = path.read_bytes()
         try:
@@ -81,13 +85,13 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         raise
 
 
-def _read_rows(path: Path) -> list[ManifestRow]:
+def _read_rows(path: Path, required: tuple[str, ...]) -> list[ManifestRow]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if not header:
-            raise ValueError(f"{path}:1: empty manifest, expected a header starting {' '.join(REQUIRED)}")
-        missing = [c for c in REQUIRED if c not in header]
+            raise ValueError(f"{path}:1: empty manifest, expected a header starting {' '.join(required)}")
+        missing = [c for c in required if c not in header]
         if missing or len(set(header)) != len(header):
             what = f"missing column(s) {', '.join(missing)}" if missing else "duplicate column names"
             raise ValueError(f"{path}:1: {what} in header {header}")
@@ -100,7 +104,7 @@ def _read_rows(path: Path) -> list[ManifestRow]:
                 raise ValueError(f"{path}:{line}: expected {len(header)} tab-separated fields, got {len(fields)}")
             values = dict(zip(header, fields))
             try:
-                n_frames = int(values["n_frames"])
+                n_frames = int(values.get("n_frames", 0))
             except ValueError:
                 raise ValueError(f"{path}:{line}: n_frames {values['n_frames']!r} is not an integer") from None
             if not values["id"] or values["id"] in seen:
@@ -113,8 +117,9 @@ def _read_rows(path: Path) -> list[ManifestRow]:
     return rows
 
 
-def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> None:
-    """Write rows atomically (the one atomic writer)."""
+def write_manifest(path: str | Path, rows: Iterable[ManifestRow], *, overwrite: bool = True) -> None:
+    """Write rows atomically (the one atomic writer); without `overwrite` an existing file is an
+    OutputExistsError, even one that appeared while the rows were prepared."""
     path = Path(path)
     rows = list(rows)
     extra_cols = list(dict.fromkeys(k for r in rows for k in r.extra))
@@ -128,4 +133,4 @@ def write_manifest(path: str | Path, rows: Iterable[ManifestRow]) -> None:
         if any(ch in v for v in fields for ch in "\t\r\n"):
             raise ValueError(f"{path}: row {r.id!r} has a tab or line break inside a field")
         lines.append("\t".join(fields))
-    atomic_write(path, "\n".join(lines) + "\n", overwrite=True)
+    atomic_write(path, "\n".join(lines) + "\n", overwrite=overwrite)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import os
 import re
+import shutil
 import socket
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,6 +271,23 @@ def atomic_path(path: str | Path, *, overwrite: bool) -> Iterator[Path]:
         raise
 
 
+def publish_link(src: str | Path, path: str | Path, *, overwrite: bool) -> Path:
+    """Give `path` the finished file `src`'s contents: a hard link to it (a copy where the file system has no
+    links), published as by `atomic_write`."""
+    path = Path(path)
+    clean_stale_temps(path, rescan=False)
+    tmp = temp_path(path)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        return publish(tmp, path, overwrite=overwrite)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
 # ----------------------------------------------------------------------------------------------- planning
 
 
@@ -344,6 +363,55 @@ def _identity(path: str | Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+class InputGuard:
+    """The inputs of a run, recognised under any name (relative, absolute, through links, hard links)."""
+
+    def __init__(self, inputs: Iterable[str | Path] = ()) -> None:
+        self.names: set[str] = set()
+        self.inodes: set[tuple[int, int]] = set()
+        for p in inputs:
+            self.add(p)
+
+    def add(self, path: str | Path) -> None:
+        if str(path) == STDIN:
+            return
+        self.names |= {_same_key(path), _same_key(os.path.realpath(path))}
+        if ident := _identity(path):
+            self.inodes.add(ident)
+
+    def __contains__(self, path: str | Path) -> bool:
+        return (_same_key(path) in self.names or _same_key(os.path.realpath(path)) in self.names
+                or _identity(path) in self.inodes)
+
+
+def _writable_folder(path: Path) -> Path | None:
+    """The nearest existing folder on the way to `path` when it cannot be written into, else None."""
+    p = path.parent
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    return None if p.is_dir() and os.access(p, os.W_OK | os.X_OK) else p
+
+
+def check_output(path: str | Path, *, inputs: Iterable[str | Path] | InputGuard = (), overwrite: bool = False,
+                 what: str = "output") -> Path:
+    """Refuse, before any work, an output file that would be lost or lose data; PlanError with one line.
+
+    Refused: an input of the run (always, `--overwrite` or not), a folder, an existing file unless
+    `overwrite`, and a path whose folder cannot be written. `publish` catches a file appearing later.
+    """
+    path = Path(path)
+    guard = inputs if isinstance(inputs, InputGuard) else InputGuard(inputs)
+    if path in guard:
+        raise PlanError(f"{what} {path} would replace an input; choose another name")
+    if path.is_dir():
+        raise PlanError(f"{what} {path} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise PlanError(f"{what} {path} exists; pass --overwrite to replace it")
+    if (folder := _writable_folder(path)) is not None:
+        raise PlanError(f"{what} {path}: {folder} is {'not writable' if folder.is_dir() else 'not a folder'}")
+    return path
+
+
 def _check_output_dir(output_dir: str) -> None:
     p = Path(output_dir)
     while not os.path.lexists(p) and p.parent != p:
@@ -379,9 +447,10 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
     formats = r.formats or ["txt"]
     plan = OutputPlan(r, to_stdout, formats[:1] if to_stdout else formats)
     assign_output_stems(items, None if to_stdout else r.output_dir)
-    names = {_same_key(it.path) for it in items if it.path != STDIN}
-    names |= {_same_key(os.path.realpath(it.path)) for it in items if it.path != STDIN}
-    inodes = {ident for it in items if it.path != STDIN and (ident := _identity(it.path))}
+    if r.skip_existing and not to_stdout:
+        own_stems(items, formats)
+    guard = InputGuard(it.path for it in items)
+    unwritable: dict[str, Path | None] = {}  # output folder -> the folder on its way that cannot be written
     for it in shard(items, rank, world):
         if it.error:
             plan.refused.append((it, it.error))
@@ -390,19 +459,104 @@ def plan_outputs(args: list[str], items: list[InputFile], request: OutputRequest
             plan.todo.append(it)
             continue
         paths = [Path(f"{it.stem}.{fmt}") for fmt in formats]
-        clash = next((p for p in paths if _same_key(p) in names or _same_key(os.path.realpath(p)) in names
-                      or _identity(p) in inodes), None)
+        clash = next((p for p in paths if p in guard), None)
         existing = [p for p in paths if os.path.lexists(p)]
+        folder = str(paths[0].parent)
+        if folder not in unwritable:  # checked before decoding, not found out after it
+            unwritable[folder] = _writable_folder(paths[0])
         if clash is not None:
             plan.refused.append((it, f"output {clash} would replace an input; choose another -o"))
         elif r.skip_existing and len(existing) == len(paths):
             plan.skipped.append(it)
+        elif (blocked := unwritable[folder]) is not None:
+            plan.refused.append((it, f"cannot write {paths[0]}: {blocked} is "
+                                     f"{'not writable' if blocked.is_dir() else 'not a folder'}; choose another -o"))
         elif existing and not r.overwrite and not r.skip_existing:
             plan.refused.append((it, f"output exists: {existing[0]} (use --overwrite or --skip-existing)"))
         else:
             plan.todo.append(it)
             plan._formats_of[id(it)] = [f for f, p in zip(formats, paths) if r.overwrite or p not in existing]
     return plan
+
+
+def _recorded_source(stem: Path) -> str | None:
+    """The input that `stem.json`, written by fama, records as its source (None: no such file, or not fama's)."""
+    try:
+        source = json.loads(Path(f"{stem}.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
+def _same_input(source: str, item: InputFile) -> bool:
+    return source == item.path or _same_key(os.path.realpath(source)) == _same_key(os.path.realpath(item.path))
+
+
+def _foreign(source: str, item: InputFile) -> bool:
+    """Whether the recorded `source` is surely another input than `item`: another name, or another existing
+    file. A relative source that does not resolve from here (a run from another folder) proves nothing."""
+    if _same_input(source, item):
+        return False
+    if Path(source).name != Path(item.path).name:
+        return True
+    ident = _identity(source)
+    return ident is not None and ident != _identity(item.path)
+
+
+def _family(item: InputFile, listing: dict[str, list[str]]) -> list[Path]:
+    """The stems `assign_output_stems` may have given `item` in an earlier run: `talk`, `talk.wav`, and each
+    `talk.wav-N` with a JSON in the folder (`listing`: folder -> its names, filled as needed)."""
+    stem = Path(item.stem)
+    full = stem.with_name(Path(item.path).name)
+    if str(stem.parent) not in listing:
+        try:
+            listing[str(stem.parent)] = os.listdir(stem.parent)
+        except OSError:
+            listing[str(stem.parent)] = []
+    counted = re.compile(re.escape(full.name) + r"-(\d+)\.json")
+    numbers = sorted(int(m.group(1)) for n in listing[str(stem.parent)] if (m := counted.fullmatch(n)))
+    return [stem.with_name(Path(item.path).stem), full, *(full.with_name(f"{full.name}-{n}") for n in numbers)]
+
+
+def own_stems(items: list[InputFile], formats: list[str]) -> None:
+    """For `--skip-existing`: give each input the stem of the outputs it wrote in an earlier run, as their JSON's
+    `source` records, and never the stem of outputs another input wrote (an earlier run's names differ when
+    its inputs differed: `s2/talk.wav` may own `talk.wav.json` while this run's names give it to `s1/talk.wav`).
+
+    An input without such a record keeps its stem unless another input's record claims it; it then takes the
+    first free `talk.wav`, `talk.wav-2`, ... (no output there, not another input's). Outputs without a JSON
+    are matched by name only.
+    """
+    if any(it.path == STDIN for it in items):
+        return
+    listing: dict[str, list[str]] = {}
+    owner: dict[str, str | None] = {}
+
+    def source(stem: Path) -> str | None:
+        if str(stem) not in owner:
+            owner[str(stem)] = _recorded_source(stem)
+        return owner[str(stem)]
+
+    claimed: dict[str, InputFile] = {}
+    for it in items:
+        found = next((stem for stem in _family(it, listing) if str(stem) not in claimed
+                      and (src := source(stem)) is not None and _same_input(src, it)), None)
+        if found is not None:
+            claimed[str(found)] = it
+    stem_of = {id(it): stem for stem, it in claimed.items()}
+    movers = [it for it in items if id(it) not in stem_of and (
+        it.stem in claimed or ((src := source(Path(it.stem))) is not None and _foreign(src, it)))]
+    moving = {id(it) for it in movers}
+    used = set(claimed) | {it.stem for it in items if id(it) not in stem_of and id(it) not in moving}
+    for it in items:
+        if id(it) in stem_of:
+            it.stem = stem_of[id(it)]
+    for it in movers:
+        full = Path(it.stem).with_name(Path(it.path).name)
+        candidates = itertools.chain([full], (full.with_name(f"{full.name}-{n}") for n in itertools.count(2)))
+        it.stem = next(str(stem) for stem in candidates if str(stem) not in used and source(stem) is None
+                       and not any(os.path.lexists(f"{stem}.{fmt}") for fmt in formats))
+        used.add(it.stem)
 
 
 def _examine_is_dir(arg: str) -> bool | None:

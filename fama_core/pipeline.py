@@ -93,7 +93,7 @@ class RunProgress:
 @dataclass
 class _File:
     item: InputFile
-    source: Any  # a path, "-", or a 1-D 16 kHz waveform
+    source: Any  # a path, "-", or a 16 kHz waveform (`mono_waveform`)
     lang_id: int | None
     language: str | None
     chunks: list[tuple[float, float]] = field(default_factory=list)
@@ -243,13 +243,41 @@ def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
+MAX_CHANNELS = 8  # 7.1 surround: more than this along an axis is frames, not channels
+
+
+def mono_waveform(samples: Any) -> np.ndarray:
+    """Samples (an array or tensor of 16 kHz audio) as 1-D float32; ValueError for a shape that is not audio.
+
+    Besides 1-D mono, a multichannel array is accepted the way its readers return it, (frames, channels) from
+    soundfile or (channels, frames) from torchaudio, and downmixed by the mean, as media files are. The
+    channel axis is the one of at most MAX_CHANNELS entries; when both or neither are, the order is ambiguous.
+    """
+    wave = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, dtype=np.float32)
+    if wave.ndim == 1:
+        return wave
+    if wave.ndim == 2:
+        if 1 in wave.shape:
+            return wave.reshape(-1)
+        few = [n <= MAX_CHANNELS for n in wave.shape]
+        if few == [False, True]:
+            return wave.mean(axis=1)
+        if few == [True, False]:
+            return wave.mean(axis=0)
+    raise ValueError(f"a waveform of shape {tuple(wave.shape)}: give 1-D 16 kHz mono samples, or (frames, channels) "
+                     f"or (channels, frames) with at most {MAX_CHANNELS} channels")
+
+
 def _waveform_blocks(source: Any, block_seconds: float, processes: set | None = None) -> Iterator[np.ndarray]:
     if callable(source):  # read lazily, in the reader thread
         source = source()
     if isinstance(source, (str, Path)):
         yield from stream_audio(str(source), block_seconds, processes=processes)
         return
-    wave = np.asarray(source.cpu() if isinstance(source, torch.Tensor) else source, dtype=np.float32).reshape(-1)
+    try:
+        wave = mono_waveform(source)
+    except ValueError as e:
+        raise AudioError(str(e)) from None
     step = int(block_seconds * SAMPLE_RATE)
     for i in range(0, len(wave), step):
         yield wave[i:i + step]
@@ -634,6 +662,14 @@ class Pipeline:
 
 def _run_library(audio: Any, model: Any, options: TranscribeOptions, device: str | None,
                  dtype: str | None) -> Transcript | list[Transcript]:
+    single = not isinstance(audio, (list, tuple))
+    inputs = [audio] if single else list(audio)
+    for k, a in enumerate(inputs):  # a waveform of no audio shape is refused before the model loads
+        if not isinstance(a, (str, Path)) and not callable(a):
+            try:
+                inputs[k] = mono_waveform(a)
+            except ValueError as e:
+                raise ValueError(f"<array {k}>: {e}") from None
     # a model loaded here goes on one device (the first GPU, else the CPU) unless `device` names more
     devices = resolve_devices(device) if device is not None else None
     if devices is None and isinstance(model, (str, Path)):
@@ -644,8 +680,6 @@ def _run_library(audio: Any, model: Any, options: TranscribeOptions, device: str
     else:
         model, tokenizer = model
         name = ""
-    single = not isinstance(audio, (list, tuple))
-    inputs = [audio] if single else list(audio)
     items = [InputFile(str(a) if isinstance(a, (str, Path)) else f"<array {k}>") for k, a in enumerate(inputs)]
     results = {id(r.item): r for r in Pipeline(model, tokenizer, options, name, devices).run(items, inputs)}
     out = []
@@ -667,7 +701,10 @@ def _options(task: str, language: str, options: TranscribeOptions | None, decode
 def transcribe(audio: Any, model: Any = "fama-small", language: str = "auto", *,
                options: TranscribeOptions | None = None, device: str | None = None, dtype: str | None = None,
                **decode_kwargs: Any) -> Transcript | list[Transcript]:
-    """Speech recognition of a media path, a 16 kHz mono waveform, or a list of them (-> a list).
+    """Speech recognition of a media path, a 16 kHz waveform, or a list of them (-> a list).
+
+    A waveform is 1-D, or (frames, channels) as soundfile reads it, or (channels, frames) as torchaudio does
+    (downmixed by the mean; `mono_waveform`); any other shape is a ValueError before the model loads.
 
     `model` is a name/path for `load_model` or a `(model, tokenizer)` pair; `language` is "en", "it" or
     "auto"; `device`: as `--device` ("cuda:0,cuda:1" decodes on both; default: a model named by `model` goes

@@ -6,12 +6,14 @@ then `<ctc_blank>` appended last, as `JointCtcMultiTaskModel.build_model` does.
 
 from __future__ import annotations
 
+import io
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
+
+from .outputs import InputGuard, check_output, write_all
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
@@ -75,15 +77,15 @@ class Tokenizer:
         dict_path = folder / DICT_FILE
         return cls(folder / MODEL_FILE, dict_path if dict_path.exists() else None)
 
-    def save(self, folder: str | Path) -> None:
-        """Write `tokenizer.model` and `dict.txt` into a model folder."""
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> None:
+        """Write `tokenizer.model` and `dict.txt` into a model folder, together (the one writer); an existing
+        file is replaced only with `overwrite` (else OutputExistsError). Saving onto its own files does nothing."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        _copy(self.model_path, folder / MODEL_FILE)
-        if self.dict_path is not None:
-            _copy(self.dict_path, folder / DICT_FILE)
-        else:
-            write_fairseq_dict(self.sp, folder / DICT_FILE)
+        files = {folder / MODEL_FILE: self.model_path.read_bytes(),
+                 folder / DICT_FILE: self.dict_path.read_bytes() if self.dict_path is not None
+                 else fairseq_dict_text(self.sp)}
+        own = InputGuard(p for p in (self.model_path, self.dict_path) if p is not None)
+        write_all({p: data for p, data in files.items() if p not in own}, overwrite=overwrite)
 
     @property
     def vocab_size(self) -> int:
@@ -135,15 +137,9 @@ class Tokenizer:
         return f"Tokenizer({str(self.model_path)!r}, vocab_size={self.vocab_size}, languages={self._languages})"
 
 
-def _copy(src: Path, dst: Path) -> None:
-    if not (dst.exists() and src.samefile(dst)):
-        shutil.copyfile(src, dst)
-
-
-def write_fairseq_dict(sp: spm.SentencePieceProcessor, path: str | Path) -> None:
+def fairseq_dict_text(sp: spm.SentencePieceProcessor) -> str:
     """fairseq dict as FBK's gen_vocab writes it: `<piece> 1` for every spm id >= 4, in id order."""
-    lines = [f"{sp.id_to_piece(i)} 1\n" for i in range(4, sp.get_piece_size())]
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    return "".join(f"{sp.id_to_piece(i)} 1\n" for i in range(4, sp.get_piece_size()))
 
 
 def train_spm(
@@ -153,19 +149,29 @@ def train_spm(
     model_type: str = "unigram",
     langs: Sequence[str] = ("en", "it"),
     num_threads: int = 8,
+    *,
+    overwrite: bool = False,
+    protect: Iterable[str | Path] = (),
 ) -> Tokenizer:
     """Train `<out_prefix>.model` and the fairseq dict `<out_prefix>.txt` like FBK's `gen_vocab`.
 
     unk/bos/eos/pad ids 3/0/2/1, character_coverage 1.0, `<lang:xx>` user-defined symbols (ids 4, 5, ...),
     default nmt_nfkc normaliser. The result depends only on the sentences and these arguments: the thread
     count is fixed (not the machine's core count) because it changes the piece scores in the last digits.
+    Both files are written by the one writer, together: an output that exists (without `overwrite`) or is
+    one of `protect` (the inputs) is a PlanError before training.
     """
     out_prefix = Path(out_prefix)
-    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    model_path = out_prefix.with_name(out_prefix.name + ".model")
+    dict_path = out_prefix.with_name(out_prefix.name + ".txt")
+    guard = InputGuard(protect)
+    for path in (model_path, dict_path):
+        check_output(path, inputs=guard, overwrite=overwrite)
     lines = (s.replace("\r", " ").replace("\n", " ").strip() for s in sentences)
+    model = io.BytesIO()  # the trainer writes no file of its own (it would replace PREFIX.model and PREFIX.vocab)
     spm.SentencePieceTrainer.train(
         sentence_iterator=(s for s in lines if s),
-        model_prefix=str(out_prefix),
+        model_writer=model,
         model_type=model_type,
         vocab_size=vocab_size,
         character_coverage=1.0,
@@ -177,7 +183,6 @@ def train_spm(
         user_defined_symbols=[LANG_TAG.format(lang) for lang in langs],
         minloglevel=2,
     )
-    model_path = out_prefix.with_name(out_prefix.name + ".model")
-    dict_path = out_prefix.with_name(out_prefix.name + ".txt")
-    write_fairseq_dict(spm.SentencePieceProcessor(model_file=str(model_path)), dict_path)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    write_all({model_path: model.getvalue(), dict_path: fairseq_dict_text(sp)}, overwrite=overwrite)
     return Tokenizer(model_path, dict_path)

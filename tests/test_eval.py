@@ -150,7 +150,7 @@ def test_hyp_ref_json_st_bleu_by_hand(tmp_path):
     (["m.tsv", "--to", "it"], "--to is the target language"),
     (["m.tsv", "--task", "st", "--lang", "it"], "--lang is the spoken language"),
     (["missing.tsv"], "cannot read manifest"),
-    (["m.tsv", "--report", "."], "cannot write the report"),
+    (["m.tsv", "--report", "."], "error: --report . is a folder; give a file name"),
     (["m.tsv", "--dtype", "float8"], "unknown dtype"),
     (["m.tsv", "--beam-size", "0"], "at least 1"),
     (["bad.tsv"], "missing column(s)"),

@@ -162,7 +162,7 @@ def test_spm_does_not_depend_on_the_hash_seed(corpus, tmp_path):
     outputs = []
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = tmp_path / "spm"  # the same prefix both times: SentencePiece records it in the model
+        out = tmp_path / f"spm{seed}"  # the model records no prefix (trained into memory, written by fama)
         subprocess.run([sys.executable, "-m", "fama_cli", "data", "spm", str(manifest), "-o", str(out),
                         "--vocab-size", "60", "--model-type", "bpe"], env=env, check=True, capture_output=True)
         outputs.append((out.with_suffix(".model").read_bytes(), out.with_suffix(".txt").read_bytes()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fama_core.checkpoints import CheckpointError, build_model, read_fairseq_checkpoint, save_model
+from fama_core.checkpoints import CheckpointError, build_model, check_output_folder, read_fairseq_checkpoint, save_model
 from fama_core.config import ModelConfig
 from fama_core.tokenizer import Tokenizer
 
@@ -21,6 +21,8 @@ from .trainer import LAST, load_training_checkpoint, numbered_checkpoints
 
 def last_checkpoints(folder: str | Path, n: int, upper_bound: int | None = None) -> list[Path]:
     """The `n` most recent `checkpoint_<updates>.pt` of a folder (at most `upper_bound` updates), oldest first."""
+    if n < 1:
+        raise ValueError(f"the number of checkpoints to average must be at least 1, not {n}")
     found = [p for p in numbered_checkpoints(folder)
              if upper_bound is None or int(p.stem.split("_", 1)[1]) <= upper_bound]
     if len(found) < n:
@@ -50,6 +52,9 @@ def average_state_dicts(paths: Sequence[str | Path]) -> tuple[dict[str, torch.Te
         elif list(sd) != keys:
             raise CheckpointError(f"{p}: its parameters differ from those of {paths[0]}")
         for k, v in sd.items():
+            if i and v.shape != total[k].shape:
+                raise CheckpointError(f"{p}: parameter {k} has shape {tuple(v.shape)}, but {tuple(total[k].shape)} "
+                                      f"in {paths[0]}; average checkpoints of one model only")
             v = v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
             total[k] = v.clone() if i == 0 else total[k].add_(v)
     n = len(paths)
@@ -76,6 +81,7 @@ def average(inputs: Sequence[str | Path] | None = None, folder: str | Path | Non
     bad = [p for p in paths if p.name == LAST]
     if bad:
         raise CheckpointError(f"{bad[0]} is a link to a numbered checkpoint; list numbered checkpoints only")
+    check_output_folder(output, overwrite=overwrite, protect=paths)  # before the checkpoints are read
     sd, cfg, args = average_state_dicts(paths)
     if cfg is None:
         vocab, src_vocab = sd["decoder.embed_tokens.weight"].shape[0], sd["encoder.ctc_fc.weight"].shape[0]

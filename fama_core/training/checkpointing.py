@@ -4,9 +4,7 @@ last K, reading back with `torch.load(weights_only=True)` (no code runs on load)
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import numpy as np
 import torch
 
 from fama_core.checkpoints import CheckpointError
-from fama_core.outputs import atomic_path
+from fama_core.outputs import atomic_path, publish_link
 
 LAST = "checkpoint_last.pt"
 
@@ -45,16 +43,6 @@ def set_rng_state(s: dict[str, Any]) -> None:
 def _atomic_save(obj: Any, path: Path) -> None:
     with atomic_path(path, overwrite=True) as tmp:
         torch.save(obj, tmp)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def numbered_checkpoints(folder: str | Path) -> list[Path]:
@@ -93,7 +81,7 @@ def write_checkpoint(save_dir: Path, model: Any, optimizer: torch.optim.Optimize
     }
     path = save_dir / f"checkpoint_{progress['updates']}.pt"
     _atomic_save(ckpt, path)
-    _link_or_copy(path, save_dir / LAST)
+    publish_link(path, save_dir / LAST, overwrite=True)  # the run's own pointer to its newest checkpoint
     if keep > 0:
         for old in numbered_checkpoints(save_dir)[:-keep]:
             old.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import wave
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ import torch
 from fama_core.features import compute_features, spec_augment, utterance_cmvn
 from fama_core.inputs import MEDIA_EXTENSIONS
 from fama_core.manifest import ManifestRow, n_frames_for_samples, read_manifest, write_manifest
+from fama_core.outputs import InputGuard, check_output
 from fama_core.tokenizer import PAD, Tokenizer
 
 SKIP_REASONS = {"empty": "without audio frames", "too_long_source": "longer than max_source_positions",
@@ -328,13 +330,18 @@ def batch_seed(seed: int, epoch: int, batch_index: int, what: str) -> int:
 
 
 def audio_samples(path: Path) -> int:
-    """Number of 16 kHz samples of an audio file (header only for plain wav)."""
+    """Number of 16 kHz samples of an audio file (header only for a complete 16 kHz PCM wav).
+
+    A wav shorter than its header declares is decoded, which reports it as truncated (AudioError).
+    """
     if path.suffix == ".wav":
         try:
-            with wave.open(str(path)) as w:
-                if w.getframerate() == 16000:
+            with open(path, "rb") as f, wave.open(f) as w:
+                # wave stops reading at the data chunk's first byte
+                end = f.tell() + w.getnframes() * w.getnchannels() * w.getsampwidth()
+                if w.getframerate() == 16000 and end <= os.fstat(f.fileno()).st_size:
                     return w.getnframes()
-        except (wave.Error, EOFError):
+        except (wave.Error, EOFError, OSError):
             pass
     from fama_core.audio import load_audio
 
@@ -350,20 +357,24 @@ def _rows_from_table(path: Path) -> list[dict]:
 
 def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_lang: str | None = None,
                    text_suffix: str = ".txt", translation_suffix: str | None = None,
-                   relative: bool = True) -> tuple[int, list[str]]:
+                   relative: bool = True, *, overwrite: bool = False) -> tuple[int, list[str]]:
     """Write a fairseq TSV manifest from a folder (`x.wav` + `x.txt`) or a CSV/JSONL table.
 
     Table columns: `audio` (required), `text` or `src_text`, optional `id`, `translation`/`tgt_text`,
     `speaker`, `src_lang`, `tgt_lang`. ASR rows get tgt_text = transcript and tgt_lang = src_lang.
     Audio paths are written relative to the manifest's folder when `relative`. Returns (rows written,
-    problems: entries skipped with the reason).
+    problems: entries skipped with the reason). An `output` that is one of the inputs (the table, an audio
+    file, a transcript), or that exists without `overwrite`, is a PlanError before any audio is read.
     """
     source, output = Path(source), Path(output)
+    guard = InputGuard([source])
     entries: list[dict] = []
     problems: list[str] = []
     if source.is_dir():
         for a in sorted(p for p in source.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS):
+            guard.add(a)
             t = a.with_suffix(text_suffix)
+            guard.add(t)
             if not t.exists():
                 problems.append(f"{a}: no transcript {t.name}")
                 continue
@@ -371,6 +382,7 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
                                                                                              .with_suffix(""))}
             if translation_suffix:
                 tr = a.with_suffix(translation_suffix)
+                guard.add(tr)
                 if not tr.exists():
                     problems.append(f"{a}: no translation {tr.name}")
                     continue
@@ -380,7 +392,9 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
         for e in _rows_from_table(source):
             p = Path(e["audio"])
             e["audio"] = str(p if p.is_absolute() else source.parent / p)
+            guard.add(e["audio"])
             entries.append(e)
+    check_output(output, inputs=guard, overwrite=overwrite, what="manifest")  # listed, none decoded yet
     out_dir = output.resolve().parent
     rows = []
     for n, e in enumerate(entries):
@@ -388,7 +402,7 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
         try:
             samples = audio_samples(audio)
         except Exception as ex:  # unreadable audio is reported, not fatal
-            problems.append(f"{audio}: {ex}")
+            problems.append(str(ex) if str(ex).startswith(f"{audio}: ") else f"{audio}: {ex}")  # named once
             continue
         text = (e.get("text") or e.get("src_text") or "").strip()
         translation = (e.get("translation") or e.get("tgt_text") or "").strip()
@@ -403,7 +417,7 @@ def build_manifest(source: str | Path, output: str | Path, src_lang: str, tgt_la
         rows.append(ManifestRow(id=str(e.get("id") or audio.stem or n), audio=str(path),
                                 n_frames=n_frames_for_samples(samples), tgt_text=translation or text,
                                 speaker=str(e.get("speaker") or ""), src_text=text, src_lang=sl, tgt_lang=tl))
-    write_manifest(output, rows)
+    write_manifest(output, rows, overwrite=overwrite)
     return len(rows), problems
 
 
@@ -411,7 +425,7 @@ def manifest_texts(manifests: Iterable[str | Path]) -> tuple[list[str], list[str
     """(every transcript and translation, languages seen) of the manifests, for SentencePiece training."""
     texts, langs = [], []
     for m in manifests:
-        for r in read_manifest(m):
+        for r in read_manifest(m, require_frames=False):
             texts += [t for t in dict.fromkeys((r.src_text, r.tgt_text)) if t]  # in order, once each
             for lang in (r.src_lang, r.tgt_lang):
                 if lang and lang not in langs:

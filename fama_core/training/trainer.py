@@ -28,6 +28,7 @@ from torch import nn
 from fama_core.checkpoints import DTYPES, CheckpointError, load_model
 from fama_core.config import PRESETS, ModelConfig, preset
 from fama_core.model import FamaModel
+from fama_core.outputs import atomic_write
 from fama_core.tokenizer import Tokenizer
 
 from .checkpointing import LAST, load_training_checkpoint, numbered_checkpoints, restore, write_checkpoint
@@ -271,7 +272,9 @@ class Trainer:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         if not (self.save_dir / "tokenizer.model").exists():
             self.tokenizer.save(self.save_dir)
-        (self.save_dir / "train_options.json").write_text(json.dumps(self.opts.to_dict(), indent=2) + "\n")
+        # the run's own record, rewritten by every run of this folder (resumed ones included)
+        atomic_write(self.save_dir / "train_options.json", json.dumps(self.opts.to_dict(), indent=2) + "\n",
+                     overwrite=True)
         if not self.opts.tensorboard:
             return None
         try:

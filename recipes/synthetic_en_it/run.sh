@@ -137,11 +137,11 @@ evaluate() {
   for split in test test_unseen_voice; do
     for lang in en it; do
       fama eval "$DATA/asr_${lang}_${split}.tsv" --model "$WORK/model_fp16" --task asr --device cpu \
-        --beam-size "$BEAM" --batch-size 32 --report "$WORK/eval.tmp/asr_${lang}_${split}.json" -q
+        --beam-size "$BEAM" --batch-size 32 --report "$WORK/eval.tmp/asr_${lang}_${split}.json" --overwrite -q
     done
     for pair in en_it it_en; do
       fama eval "$DATA/st_${pair}_${split}.tsv" --model "$WORK/model_fp16" --task st --device cpu \
-        --beam-size "$BEAM" --batch-size 32 --report "$WORK/eval.tmp/st_${pair}_${split}.json" -q
+        --beam-size "$BEAM" --batch-size 32 --report "$WORK/eval.tmp/st_${pair}_${split}.json" --overwrite -q
     done
   done
   rm -rf "$WORK/eval"
