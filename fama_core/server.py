@@ -39,6 +39,7 @@ from .pipeline import (
     _batches,
     compute_thread,
     decode_chunks,
+    detection_method,
     language_scores,
     make_segments,
     reading_thread,
@@ -358,7 +359,7 @@ class BatchPool:
                 continue
             try:
                 results = decode_chunks(self.model, [rows[j][2] for j in batch], [rows[j][0].lang_id for j in batch],
-                                        o.decode)
+                                        o.decode, transcripts=[rows[j][0].task == "transcribe" for j in batch])
             except Exception as e:
                 for job in {rows[j][0] for j in batch}:
                     self._fail(job, ServeError(500, f"{job.name}: decoding failed: {type(e).__name__}: {e}"))
@@ -674,7 +675,7 @@ class _Api:
         form, job, handed_over = None, None, False
         try:
             form = await self.upload(request, deadline)
-            can_detect = pool.model.cfg.src_vocab_size == pool.model.cfg.vocab_size
+            can_detect = detection_method(pool.model) is not None
             params = parse_params(form.fields, task, pool.tokenizer.languages, can_detect)
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
