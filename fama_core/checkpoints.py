@@ -256,6 +256,20 @@ def _open_safetensors(path: Path) -> Weights:
 _FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
 
 
+def disk_dtypes(weights: Weights) -> dict[str, int]:
+    """How many tensors of `weights` are stored in each dtype (safetensors' names: F32, F16, BF16, I64, ...)."""
+    counts: dict[str, int] = {}
+    for v in weights.values():
+        name = v.dtype if isinstance(v, _Lazy) else str(v.dtype).removeprefix("torch.")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def weights_of(folder: Path) -> Weights:
+    """The tensors (names and shapes; data read later) of a fama folder's model.safetensors."""
+    return _open_safetensors(Path(folder) / WEIGHTS_FILE)
+
+
 def _tensors(obj: Any, path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """`obj` if it is a state dict of tensors, else a CheckpointError naming the file and the problem."""
     if not isinstance(obj, dict):

@@ -114,7 +114,7 @@ class _File:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded features, computed one chunk at a time: batched fbank's temporaries are ~30x the audio."""
     feats = [compute_features([a], device=model.device)[0][0] for a in audios]
     lengths = torch.tensor([len(f) for f in feats], device=model.device)
@@ -137,7 +137,7 @@ def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[i
     """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms. `transcripts`: whether each
     row is a transcript (in the spoken language) rather than a translation (default: all are); it decides which
     head may time a model without the top CTC head (`timing_source`)."""
-    feats, lengths = _features(audios, model)
+    feats, lengths = chunk_features(audios, model)
     transcripts = transcripts if transcripts is not None else [True] * len(audios)
     sources = [timing_source(model, t) for t in transcripts]
     enc = model.encode(feats, lengths, inter_ctc="intermediate CTC" in sources)
@@ -170,7 +170,7 @@ def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.T
     method = detection_method(model)
     if method is None:
         raise ValueError("language detection needs the intermediate CTC head, which this model does not have")
-    feats, lengths = _features(audios, model)
+    feats, lengths = chunk_features(audios, model)
     enc = model.encode(feats, lengths, inter_ctc=True)
     best = enc.ctc_inter_logits.argmax(-1).cpu()
     blank = model.cfg.src_blank
