@@ -76,7 +76,17 @@ def _ctc_transcripts(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.
 
 @torch.no_grad()
 def check_model(model: FamaModel, tokenizer: Tokenizer, options: DecodeOptions | None = None) -> SanityReport:
-    """Decode the demo clips and judge the outputs (see the module's doc)."""
+    """Decode the demo clips and judge the outputs (see the module's doc), in eval mode (no dropout) whatever
+    mode the model is in; the mode is restored."""
+    training = model.training
+    model.eval()
+    try:
+        return _check(model, tokenizer, options)
+    finally:
+        model.train(training)
+
+
+def _check(model: FamaModel, tokenizer: Tokenizer, options: DecodeOptions | None) -> SanityReport:
     from .audio import load_audio
 
     meta = {c["id"]: c for c in json.loads((BUNDLED["fama-demo"] / "clips" / "clips.json").read_text())}

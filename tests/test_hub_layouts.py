@@ -61,9 +61,12 @@ def test_same_weights_same_transcripts_and_times(tmp_path, demo, clips, layout):
 
 
 def test_tied_output_layer_takes_the_embeddings(tmp_path):
-    model, _ = load_model(make_repo(DEMO, tmp_path / "repo", tied=True), device="cpu", dtype="float32",
-                          trainable=True)
+    model, tok = load_model(make_repo(DEMO, tmp_path / "repo", tied=True), device="cpu", dtype="float32",
+                            trainable=True)
     assert torch.equal(model.decoder.output_projection.weight, model.decoder.embed_tokens.weight)
+    # the demo model's output layer is not tied: tying it is a wrong mapping that only the sanity check sees
+    report = check_model(model, tok)  # a model in training mode is checked without dropout
+    assert not report.passed and "CTC and attention transcripts disagree" in report.problems[-1]
 
 
 def test_fbk_fixture_in_speech2text_layout_loads_the_same_weights(tmp_path):
