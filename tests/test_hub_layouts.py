@@ -226,3 +226,13 @@ def test_inspect_reports_a_speech2text_repo(tmp_path):
     assert info["parameters"] == 2580721 and info["sanity"]["passed"]
     r = fama("inspect", "fama-demo")
     assert r.returncode == 0 and "fama-demo: fama model folder" in r.stdout and "  passed" in r.stdout
+
+
+def test_monotonic_path_follows_the_best_scores():
+    from fama_core.alignment import monotonic_path
+
+    score = np.full((3, 10), -1.0)
+    score[0, 0:2] = score[1, 2:7] = score[2, 7:10] = 1.0
+    assert monotonic_path(score) == [(0, 1), (2, 6), (7, 9)]
+    score = np.zeros((3, 3))  # as many frames as rows: one frame each
+    assert monotonic_path(score) == [(0, 0), (1, 1), (2, 2)]
