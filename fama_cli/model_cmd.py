@@ -1,4 +1,4 @@
-"""`fama pull`, `fama convert`, `fama models` (registered on the app in fama_cli.main)."""
+"""`fama pull`, `fama inspect`, `fama convert`, `fama models` (registered on the app in fama_cli.main)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,29 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fama_cli.main import app, fail, human_size, out
+from fama_cli.main import app, err, fail, human_size, out
+
+
+def _print_sanity(report: dict) -> None:
+    """The sanity check's clips, transcripts and verdict (`fama_core.sanity`)."""
+    out.print("sanity check (the demo clips that ship with fama):")
+    for c in report["clips"]:
+        detected = f", detected {c['detected']}" if c["detected"] else ""
+        out.print(f"  {c['clip']} ({c['language']}{detected}): {c['transcript']!r}", soft_wrap=True)
+        if c["ctc_transcript"] is not None:
+            out.print(f"    {report['ctc_head']} CTC: {c['ctc_transcript']!r}", soft_wrap=True)
+    facts = [f"WER against the clips' texts {report['wer']:.1f} %"]
+    if report["detected_right"] is not None:
+        facts.insert(0, f"language detected right on {report['detected_right'] * 100:.0f} % of the clips")
+    else:
+        facts.insert(0, "no language detection (no intermediate CTC head)")
+    if report["disagreement"] is not None:
+        facts.append(f"CTC vs attention CER {report['disagreement']:.1f} %")
+    out.print("  " + "; ".join(facts), soft_wrap=True)
+    if report["passed"]:
+        out.print("  passed")
+    for problem in report["problems"]:
+        err.print(f"[red]failed:[/] sanity check: {problem}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -21,10 +43,13 @@ def pull(
     local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Use the cache only")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode the demo clips (sanity check)")] = True,
 ) -> None:
-    """Download a model into the Hugging Face cache (HF_HOME) and check that it loads."""
+    """Download a model into the Hugging Face cache (HF_HOME), check that it loads and that it decodes the demo
+    clips sanely (a warning when it does not: see `fama inspect`)."""
     from fama_core.checkpoints import CheckpointError, load_hub_folder
     from fama_core.checkpoints import pull as pull_model
+    from fama_core.sanity import check_model
 
     if quiet or as_json:
         from huggingface_hub.utils import disable_progress_bars
@@ -36,10 +61,67 @@ def pull(
     except CheckpointError as e:
         raise fail(str(e)) from None
     info = {"name": name, "path": str(path), "parameters": model.num_parameters(), "languages": tok.languages}
+    report = check_model(model, tok).to_dict() if check else None
+    if report is not None:
+        info["sanity"] = report
     if as_json:
         print(json.dumps(info))
     elif not quiet:
         out.print(f"{name}: {model.num_parameters():,} parameters, languages {', '.join(tok.languages)}\n{path}")
+        if report is not None:
+            _print_sanity(report)
+    if report is not None and not report["passed"] and not as_json:
+        err.print("[yellow]warning:[/] the model loaded but fails the sanity check; `fama inspect "
+                  f"{name}` shows the details", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def inspect(
+    name: Annotated[str, typer.Argument(help="Model folder, checkpoint, alias or Hugging Face repo id")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything as JSON")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Decode the demo clips (sanity check)")] = True,
+    local_files_only: Annotated[bool, typer.Option("--local-files-only", help="Use the cache only")] = False,
+) -> None:
+    """What a model is: its format, where each file came from, dimensions, parameters, vocabulary, languages, CTC
+    heads, the name mapping applied, the dtype on disk, and the sanity check on the demo clips (exit 1 when it
+    fails)."""
+    from fama_core.checkpoints import CheckpointError
+    from fama_core.inspection import inspect_model
+
+    try:
+        info = inspect_model(name, check=check, local_files_only=local_files_only or None)
+    except (CheckpointError, ValueError) as e:
+        raise fail(str(e)) from None
+    if as_json:
+        print(json.dumps(info))
+    else:
+        _print_info(info)
+    if check and not info["sanity"]["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_info(info: dict) -> None:
+    cfg = info["dimensions"]
+    out.print(f"{info['name']}: {info['format']}\n  path: {info['path']}", soft_wrap=True)
+    for f in info["files"]:
+        out.print(f"  file {f['file']}: {f['from']}", soft_wrap=True)
+    out.print(f"  dimensions: d_model {cfg['d_model']}, encoder {cfg['encoder_layers']} layers x "
+              f"{cfg['encoder_heads']} heads, decoder {cfg['decoder_layers']} layers x {cfg['decoder_heads']} heads "
+              f"(FFN {cfg['decoder_ffn_dim']}), input {cfg['input_dim']} fbank", soft_wrap=True)
+    tokenizer = " + ".join(Path(t).name for t in info["tokenizer"])
+    out.print(f"  parameters: {info['parameters']:,}; vocabulary {info['vocabulary']} ({tokenizer}); "
+              f"languages {', '.join(info['languages'])}", soft_wrap=True)
+    heads = info["ctc_heads"]
+    names = ([f"intermediate (after layer {heads['intermediate']})"] if heads["intermediate"] else []) + (
+        ["top"] if heads["top"] else [])
+    out.print(f"  CTC heads: {', '.join(names) or 'none'}; {info['decoding']}; tokens timed by the "
+              f"{info['timing']}; language detection: {info['language_detection'] or 'none (give --lang)'}",
+              soft_wrap=True)
+    for line in info["mapping"].get("lines", [info["mapping"]["layout"]]):
+        out.print(f"  names: {line}", soft_wrap=True)
+    out.print("  on disk: " + ", ".join(f"{n} x {k}" for k, n in info["dtype_on_disk"].items()))
+    if "sanity" in info:
+        _print_sanity(info["sanity"])
 
 
 @app.command()

@@ -25,11 +25,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import PRESETS, ModelConfig
+from .config import ModelConfig
 from .model import FamaModel
+from .names import IGNORED, NameMapping, config_from_state_dict, map_names, unmatched_names
 from .outputs import atomic_path, file_mode
 from .precision import DTYPES, apply_precision, return_freed_memory
-from .tokenizer import DICT_FILE, MODEL_FILE, Tokenizer, fairseq_dict_text
+from .tokenizer import DICT_FILE, MODEL_FILE, SPM_FILE, VOCAB_FILE, Tokenizer, fairseq_dict_text
 
 FORMAT_NAME = "fama"
 FORMAT_VERSION = 1
@@ -47,8 +48,6 @@ HF_ALIASES = {
 BUNDLED = {"fama-demo": Path(__file__).parent / "assets" / "demo"}
 # Files worth fetching from a hub repo; *.py (remote modeling code) is never downloaded.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.model", "*.txt"]
-# Buffers fairseq keeps in its state dict that fama recomputes.
-IGNORED_KEYS = re.compile(r"(positional_encoding\.pe|embed_positions\._float_tensor|\.version)$")
 
 
 class CheckpointError(Exception):
@@ -202,6 +201,7 @@ class _Lazy:
     shape: tuple[int, ...]
     floating: bool
     nbytes: int
+    dtype: str = ""  # as safetensors names it: F32, F16, BF16, ...
 
 
 _MAP_BYTES = 64 << 20  # tensors read per memory map of a weights file
@@ -247,13 +247,27 @@ def _open_safetensors(path: Path) -> Weights:
             for k in f.keys():
                 sl = f.get_slice(k)
                 shape = tuple(sl.get_shape())
-                out[k] = _Lazy(path, k, shape, sl.get_dtype() in _FLOAT_CODES, math.prod(shape) * 4)
+                out[k] = _Lazy(path, k, shape, sl.get_dtype() in _FLOAT_CODES, math.prod(shape) * 4, sl.get_dtype())
             return out
     except (SafetensorError, OSError, RuntimeError) as e:
         raise CheckpointError(f"{path}: unreadable weights (truncated or corrupted?): {e}") from None
 
 
 _FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+
+
+def disk_dtypes(weights: Weights) -> dict[str, int]:
+    """How many tensors of `weights` are stored in each dtype (safetensors' names: F32, F16, BF16, I64, ...)."""
+    counts: dict[str, int] = {}
+    for v in weights.values():
+        name = v.dtype if isinstance(v, _Lazy) else str(v.dtype).removeprefix("torch.")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def weights_of(folder: Path) -> Weights:
+    """The tensors (names and shapes; data read later) of a fama folder's model.safetensors."""
+    return _open_safetensors(Path(folder) / WEIGHTS_FILE)
 
 
 def _tensors(obj: Any, path: Path, what: str = "weights") -> dict[str, torch.Tensor]:
@@ -268,7 +282,7 @@ def _tensors(obj: Any, path: Path, what: str = "weights") -> dict[str, torch.Ten
 
 
 def _clean_state_dict(sd: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in sd.items() if not IGNORED_KEYS.search(k)}
+    return {k: v for k, v in sd.items() if not IGNORED.search(k)}
 
 
 def _fairseq_parts(ckpt: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -314,55 +328,6 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelCon
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     return sd, cfg
-
-
-def strip_prefix(sd: dict[str, Any]) -> dict[str, Any]:
-    """Accept fairseq names wrapped in any prefix (`model.`, `fama.model.`, ...)."""
-    anchor = re.compile(r"(^|\.)(encoder|decoder|auxiliary_decoder)\.")
-    prefixes = set()
-    for k in sd:
-        m = anchor.search(k)
-        if m:
-            prefixes.add(k[: m.start(2)])
-    if len(prefixes) == 1:
-        p = prefixes.pop()
-        return {k[len(p):] if k.startswith(p) else k: v for k, v in sd.items()}
-    return sd
-
-
-def config_from_state_dict(sd: Weights, hints: dict[str, Any] | None = None) -> ModelConfig:
-    """Model dimensions read off the tensor shapes; the intermediate-CTC layer comes from hints or the preset."""
-    hints = hints or {}
-    try:
-        d_model = sd["encoder.ctc_fc.weight"].shape[1]
-        n_enc = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.conformer_layers."))
-        n_dec = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("decoder.layers."))
-        heads = sd["encoder.conformer_layers.0.attention.attention.u_bias"].shape[0]
-        convs = sorted(k for k in sd if re.match(r"encoder\.subsample\.conv_layers\.\d+\.weight$", k))
-        dec_dim = sd["decoder.embed_tokens.weight"].shape[1]
-        preset = next((p for p in PRESETS.values() if p.encoder_layers == n_enc), None)
-        ctc_layer = hints.get("ctc_encoder_layer") or (preset.ctc_encoder_layer if preset else n_enc * 2 // 3)
-        return ModelConfig(
-            input_dim=sd[convs[0]].shape[1],
-            d_model=d_model,
-            encoder_layers=n_enc,
-            encoder_heads=heads,
-            ffn_expansion=sd["encoder.conformer_layers.0.first_feed_forward.first_linear.weight"].shape[0] // d_model,
-            subsampler_channels=sd[convs[0]].shape[0],
-            subsampler_kernels=tuple(sd[k].shape[2] for k in convs),
-            conv_kernel=sd["encoder.conformer_layers.0.conv_module.depthwise_conv1d.weight"].shape[2],
-            ctc_encoder_layer=int(ctc_layer),
-            decoder_dim=dec_dim,
-            decoder_ffn_dim=sd["decoder.layers.0.fc1.weight"].shape[0],
-            decoder_layers=n_dec,
-            decoder_heads=int(hints.get("decoder_attention_heads") or hints.get("decoder_heads") or heads),
-            vocab_size=sd["decoder.embed_tokens.weight"].shape[0],
-            src_vocab_size=sd["encoder.ctc_fc.weight"].shape[0],
-        )
-    except (KeyError, IndexError) as e:
-        raise CheckpointError(f"cannot infer the architecture from the weights: missing {e}") from None
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"cannot infer the architecture from the weights: {e}") from None
 
 
 def _mismatch(expected: dict[str, torch.Tensor], sd: Weights) -> str:
@@ -445,9 +410,9 @@ def _no_random_init_on_meta() -> Iterator[None]:
         torch.nn.init.normal_ = real
 
 
-def _tokenizer(model_path: Path, dict_path: Path | None = None) -> Tokenizer:
+def _tokenizer(model_path: Path, dict_path: Path | None = None, vocab_path: Path | None = None) -> Tokenizer:
     try:
-        return Tokenizer(model_path, dict_path)
+        return Tokenizer(model_path, dict_path, vocab_path)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     except (OSError, RuntimeError) as e:
@@ -457,21 +422,25 @@ def _tokenizer(model_path: Path, dict_path: Path | None = None) -> Tokenizer:
 
 
 def _find_tokenizer(folder: Path, spm: Path | None = None, dict_path: Path | None = None) -> Tokenizer:
+    """fama's tokenizer.model (+ dict.txt); else Speech2Text's sentencepiece.bpe.model + vocab.json; else the
+    *.model beside the weights (+ the .txt dictionary of the same name)."""
     if spm is not None:
         return _tokenizer(spm, dict_path)
     if (folder / MODEL_FILE).exists():
         return _tokenizer(folder / MODEL_FILE, folder / DICT_FILE if (folder / DICT_FILE).exists() else None)
-    models = sorted(folder.glob("*.model"))
+    models = [folder / SPM_FILE] if (folder / SPM_FILE).exists() else sorted(folder.glob("*.model"))
     if not models:
         raise CheckpointError(f"{folder}: no SentencePiece model (*.model) found beside the weights")
+    if (folder / VOCAB_FILE).exists():
+        return _tokenizer(models[0], vocab_path=folder / VOCAB_FILE)
     dicts = [p for p in sorted(folder.glob("*.txt")) if p.stem == models[0].stem]
     return _tokenizer(models[0], dicts[0] if dicts else None)
 
 
 def _matched(model_cfg: ModelConfig, tok: Tokenizer, source: Path) -> Tokenizer:
     if tok.vocab_size != model_cfg.vocab_size:
-        raise CheckpointError(f"{source}: the tokenizer ({tok.model_path}) has {tok.vocab_size} entries but the "
-                              f"model {model_cfg.vocab_size}")
+        raise CheckpointError(f"{source}: the tokenizer ({' + '.join(str(p) for p in tok.files)}) has "
+                              f"{tok.vocab_size} entries (<ctc_blank> included) but the model {model_cfg.vocab_size}")
     return tok
 
 
@@ -517,38 +486,78 @@ def load_checkpoint_file(path: str | Path, spm: str | Path | None = None, dict_p
 load_fairseq = load_checkpoint_file  # the name older callers use
 
 
-def _hub_weights(folder: Path) -> Weights:
+def _hub_weights(folder: Path) -> tuple[Weights, list[Path]]:
     sd: Weights = {}
     weights = sorted(folder.glob("*.safetensors"))
     for w in weights:
         sd.update(_open_safetensors(w))
     if not weights:
-        for w in sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
+        weights = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt"))
+        for w in weights:
             obj = safe_torch_load(w)
             sd.update(_tensors(obj.get("model", obj) if isinstance(obj, dict) else obj, w))
     if not sd:
         raise CheckpointError(f"{folder}: no weights (*.safetensors, *.bin, *.pt) found")
-    return _clean_state_dict(strip_prefix(sd))
+    return sd, weights
+
+
+@dataclass
+class HubFolder:
+    """A model folder that is not fama's own, read but not yet built: its weights under fama's names."""
+
+    folder: Path
+    weights: Weights
+    config: ModelConfig
+    tokenizer: Tokenizer
+    mapping: NameMapping
+    files: list[Path]  # the files read: weights, config.json, tokenizer files
+    meta: dict[str, Any]  # its config.json ({} without one)
+
+
+def read_hub_folder(folder: Path) -> HubFolder:
+    """Weights, dimensions and tokenizer of a hub upload (fairseq names under any prefix, or Speech2Text names:
+    `names.py`), with one-line errors for names that match nothing and for a config.json that disagrees."""
+    folder = Path(folder)
+    meta: Any = {}
+    files: list[Path] = []
+    if (folder / CONFIG_FILE).exists():
+        meta = _read_json(folder / CONFIG_FILE)
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{folder / CONFIG_FILE}: a JSON {type(meta).__name__}, not an object")
+        files.append(folder / CONFIG_FILE)
+    raw, weight_files = _hub_weights(folder)
+    sd, mapping = map_names(raw, tie_output=True)
+    problem = unmatched_names(sd, mapping, str(folder))
+    if problem:
+        raise CheckpointError(problem)
+    try:
+        cfg = config_from_state_dict(sd, meta)
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f"{folder}: cannot infer the architecture from the weights: missing {e}") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder}: {e}") from None
+    tok = _matched(cfg, _find_tokenizer(folder), folder)
+    files += weight_files + tok.files
+    return HubFolder(folder, sd, cfg, tok, mapping, files, meta)
 
 
 def load_hub_folder(folder: Path, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> tuple[FamaModel, Tokenizer]:
-    """A model folder: fama's own, or a hub upload with fairseq-style names under any prefix (FBK's)."""
+    """A model folder: fama's own, or a hub upload (FBK's: see `read_hub_folder`)."""
     folder = Path(folder)
-    meta: Any = {}
-    if (folder / CONFIG_FILE).exists():
-        meta = _read_json(folder / CONFIG_FILE)
-        if isinstance(meta, dict) and "format" in meta:
-            return load_fama_folder(folder, device, dtype)
-        if not isinstance(meta, dict):
-            raise CheckpointError(f"{folder / CONFIG_FILE}: a JSON {type(meta).__name__}, not an object")
-    sd = _hub_weights(folder)
-    try:
-        cfg = config_from_state_dict(sd, meta)
-    except CheckpointError as e:
-        raise CheckpointError(f"{folder}: {e}") from None
-    tok = _matched(cfg, _find_tokenizer(folder), folder)
-    return build_model(cfg, sd, str(folder), device, dtype), tok
+    if is_fama_folder(folder):
+        return load_fama_folder(folder, device, dtype)
+    hub = read_hub_folder(folder)
+    return build_model(hub.config, hub.weights, str(folder), device, dtype), hub.tokenizer
+
+
+def is_fama_folder(folder: Path) -> bool:
+    """Whether `folder` holds fama's own model folder (its config.json has a "format" entry)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.exists():
+        return False
+    meta = _read_json(path)
+    return isinstance(meta, dict) and "format" in meta
 
 
 # --------------------------------------------------------------------------------------- saving

@@ -40,6 +40,7 @@ class ModelConfig:
     activation_dropout: float = 0.1
     max_source_positions: int = 10000
     max_target_positions: int = 4000
+    top_ctc: bool = True  # the top (language-conditioned) CTC head; ctc_encoder_layer 0: no intermediate CTC head
 
     def __post_init__(self) -> None:
         self.validate()
@@ -48,7 +49,10 @@ class ModelConfig:
         """Raise ValueError naming the first field that no FAMA model can have (wrong type or impossible value)."""
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in _FLOATS:
+            if f.name == "top_ctc":
+                if not isinstance(v, bool):
+                    raise ValueError(f"model config: top_ctc must be true or false, got {v!r}")
+            elif f.name in _FLOATS:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                     raise ValueError(f"model config: {f.name} must be a number in [0, 1), got {v!r}")
             elif f.name == "subsampler_kernels":
@@ -71,6 +75,11 @@ class ModelConfig:
                 raise ValueError(f"model config: {why}")
 
     @property
+    def inter_ctc(self) -> bool:
+        """Whether the model has the intermediate (transcript) CTC head."""
+        return self.ctc_encoder_layer > 0
+
+    @property
     def blank(self) -> int:
         """`<ctc_blank>` is the last entry of the target dictionary."""
         return self.vocab_size - 1
@@ -82,6 +91,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["subsampler_kernels"] = list(self.subsampler_kernels)
+        if self.top_ctc:  # written only when false, so that folders of models with both heads read in older fama
+            del d["top_ctc"]
         return d
 
     @classmethod

@@ -15,6 +15,7 @@ frames, so the result never depends on the batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -255,6 +256,8 @@ class BeamSearch:
 
     def __init__(self, model: FamaModel, options: DecodeOptions, ctc_candidates: int = 16, sync_every: int = 1,
                  host_reads: bool | None = None):
+        if model.auxiliary_decoder is None and options.ctc_weight > 0:  # no top CTC head: attention only
+            options = dataclasses.replace(options, ctc_weight=0.0)
         self.model, self.opt = model, options
         cfg = model.cfg
         self.eos, self.pad, self.unk, self.blank, self.vocab = cfg.eos, cfg.pad, UNK, cfg.blank, cfg.vocab_size

@@ -300,7 +300,7 @@ class ConformerEncoder(nn.Module):
         self.embed_scale = math.sqrt(cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.conformer_layers = nn.ModuleList(ConformerEncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.ctc_fc = nn.Linear(cfg.d_model, cfg.src_vocab_size)
+        self.ctc_fc = nn.Linear(cfg.d_model, cfg.src_vocab_size) if cfg.inter_ctc else None
 
     def forward(
         self, features: Tensor, lengths: Tensor, return_states: bool = False, ctc_inter: bool = True
@@ -324,7 +324,7 @@ class ConformerEncoder(nn.Module):
         states, ctc_logits = [], None
         for i, layer in enumerate(self.conformer_layers):
             x = layer(x, pos, shift, attn_mask, padding_mask)
-            if ctc_inter and i + 1 == self.cfg.ctc_encoder_layer:
+            if ctc_inter and self.ctc_fc is not None and i + 1 == self.cfg.ctc_encoder_layer:
                 ctc_logits = self.ctc_fc(x)
             if return_states:
                 states.append(x)
@@ -599,14 +599,18 @@ def length_groups(order: list[int], lengths: list[int], max_rows: int | None = N
 
 
 class FamaModel(nn.Module):
-    """Encoder + top CTC (`auxiliary_decoder`) + attention decoder."""
+    """Encoder + top CTC (`auxiliary_decoder`) + attention decoder.
+
+    Either CTC head may be absent (`cfg.top_ctc`, `cfg.ctc_encoder_layer` 0): transformers' `generate` never uses
+    them, so a Hugging Face upload may lack them. `auxiliary_decoder` / `encoder.ctc_fc` are then None.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.encoder = ConformerEncoder(cfg)
         self.decoder = TransformerDecoder(cfg)
-        self.auxiliary_decoder = CtcDecoder(cfg)
+        self.auxiliary_decoder = CtcDecoder(cfg) if cfg.top_ctc else None
 
     def encode(self, features: Tensor, lengths: Tensor, return_states: bool = False,
                inter_ctc: bool = False) -> EncoderOutput:
@@ -650,6 +654,8 @@ class FamaModel(nn.Module):
 
     def ctc_logits(self, enc: EncoderOutput, lang_ids: Tensor) -> Tensor:
         """Top CTC logits [B, T', V] conditioned on each row's language tag id [B]; padded frames are 0."""
+        if self.auxiliary_decoder is None:
+            raise ValueError("this model has no top CTC head")
         return self.auxiliary_decoder(enc, self.decoder.embed_tokens(lang_ids))
 
     def forward(self, features: Tensor, lengths: Tensor, prev_tokens: Tensor) -> tuple[Tensor, Tensor, EncoderOutput]:

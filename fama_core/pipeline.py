@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import queue
 import re
@@ -27,17 +28,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .alignment import attention_align
 from .audio import AudioError, stream_audio
 from .checkpoints import load_model
 from .decoding import DecodeOptions, decode_encoded, forced_align
 from .features import SAMPLE_RATE, compute_features
 from .inputs import InputFile
-from .model import FamaModel, length_groups
+from .model import EncoderOutput, FamaModel, length_groups
 from .precision import precision_of
 from .subtitles import Segment, Transcript, Word
 from .tokenizer import Tokenizer
 from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 
+log = logging.getLogger(__name__)
 FRAME_SECONDS = 0.04  # one encoder frame
 BLOCK_SECONDS = 30.0  # audio read from ffmpeg at a time
 _SENTENCE_END = re.compile(r"[.!?…]$")
@@ -111,23 +114,45 @@ class _File:
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def _features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded features, computed one chunk at a time: batched fbank's temporaries are ~30x the audio."""
     feats = [compute_features([a], device=model.device)[0][0] for a in audios]
     lengths = torch.tensor([len(f) for f in feats], device=model.device)
     return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(model.dtype), lengths
 
 
+def timing_source(model: FamaModel, transcript: bool = True) -> str:
+    """What times the tokens: "top CTC" (forced alignment against the top CTC head), "intermediate CTC" (a
+    transcript, when only that head exists: it reads the spoken words) or "cross-attention" (`alignment.py`)."""
+    if model.auxiliary_decoder is not None:
+        return "top CTC"
+    if transcript and model.encoder.ctc_fc is not None and model.cfg.src_vocab_size == model.cfg.vocab_size:
+        return "intermediate CTC"
+    return "cross-attention"
+
+
 @torch.no_grad()
-def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int],
-                  options: DecodeOptions) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms."""
-    feats, lengths = _features(audios, model)
-    enc = model.encode(feats, lengths)
+def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int], options: DecodeOptions,
+                  transcripts: list[bool] | None = None) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms. `transcripts`: whether each
+    row is a transcript (in the spoken language) rather than a translation (default: all are); it decides which
+    head may time a model without the top CTC head (`timing_source`)."""
+    feats, lengths = chunk_features(audios, model)
+    transcripts = transcripts if transcripts is not None else [True] * len(audios)
+    sources = [timing_source(model, t) for t in transcripts]
+    enc = model.encode(feats, lengths, inter_ctc="intermediate CTC" in sources)
     langs = torch.tensor(lang_ids, device=model.device)
     tokens = [h[0].tokens if h else [] for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
-    log_probs = F.log_softmax(model.ctc_logits(enc, langs).float(), dim=-1)
-    spans = forced_align(log_probs, enc.lengths, tokens, model.cfg.blank)
+    if sources[0] == "top CTC":
+        log_probs = F.log_softmax(model.ctc_logits(enc, langs).float(), dim=-1)
+        return list(zip(tokens, forced_align(log_probs, enc.lengths, tokens, model.cfg.blank)))
+    spans = attention_align(model, enc, [t if s == "cross-attention" else [] for t, s in zip(tokens, sources)],
+                            langs)
+    if "intermediate CTC" in sources:
+        log_probs = F.log_softmax(enc.ctc_inter_logits.float(), dim=-1)
+        inter = forced_align(log_probs, enc.lengths, [t if s == "intermediate CTC" else []
+                                                      for t, s in zip(tokens, sources)], model.cfg.src_blank)
+        spans = [i if s == "intermediate CTC" else a for a, i, s in zip(spans, inter, sources)]
     return list(zip(tokens, spans))
 
 
@@ -135,15 +160,17 @@ def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[i
 def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.Tensor],
                     languages: list[str]) -> torch.Tensor:
     """[B, len(languages)]: log-likelihood, under the top CTC head conditioned on each language, of what the
-    intermediate CTC head reads in the audio.
+    intermediate CTC head reads in the audio (without a top CTC head: under the attention decoder,
+    `_reading_scores`).
 
     The intermediate head is always trained on the spoken-language transcript; the top head, given a
     language, writes that language (transcript or translation). Only the spoken language makes the two
     agree. (The decoder's tag probability cannot tell: ASR+ST training puts both tags after any audio.)
     """
-    if model.cfg.src_vocab_size != model.cfg.vocab_size:
-        raise ValueError("language detection needs the intermediate and top CTC heads to share a dictionary")
-    feats, lengths = _features(audios, model)
+    method = detection_method(model)
+    if method is None:
+        raise ValueError("language detection needs the intermediate CTC head, which this model does not have")
+    feats, lengths = chunk_features(audios, model)
     enc = model.encode(feats, lengths, inter_ctc=True)
     best = enc.ctc_inter_logits.argmax(-1).cpu()
     blank = model.cfg.src_blank
@@ -151,6 +178,8 @@ def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.T
     for row, n in zip(best, enc.lengths.tolist()):
         path = torch.unique_consecutive(row[:n])
         reads.append(path[path != blank])
+    if method == "decoder":
+        return _reading_scores(model, tokenizer, reads, enc, languages)
     targets = torch.cat(reads).to(model.device)
     target_lengths = torch.tensor([len(r) for r in reads], device=model.device)
     scores = []
@@ -159,6 +188,36 @@ def language_scores(model: FamaModel, tokenizer: Tokenizer, audios: list[torch.T
         log_probs = F.log_softmax(model.ctc_logits(enc, tag).float(), dim=-1).transpose(0, 1)
         nll = F.ctc_loss(log_probs, targets, enc.lengths, target_lengths, blank=model.cfg.blank, reduction="none")
         scores.append(-nll)
+    return torch.stack(scores, dim=1).cpu()
+
+
+def detection_method(model: FamaModel) -> str | None:
+    """How `language_scores` detects the spoken language: "ctc" (both CTC heads, sharing a dictionary),
+    "decoder" (the intermediate CTC head's reading scored by the attention decoder: no top CTC head), or None (no
+    intermediate CTC head: nothing reads the spoken words, so the language must be given)."""
+    cfg = model.cfg
+    if model.encoder.ctc_fc is None or cfg.src_vocab_size != cfg.vocab_size:
+        return None
+    return "ctc" if model.auxiliary_decoder is not None else "decoder"
+
+
+def _reading_scores(model: FamaModel, tokenizer: Tokenizer, reads: list[torch.Tensor], enc: EncoderOutput,
+                    languages: list[str]) -> torch.Tensor:
+    """[B, len(languages)]: log-probability under the attention decoder, teacher-forced after each language tag,
+    of each row's reading followed by `</s>` (the tag itself is forced, so not counted)."""
+    B, n = len(reads), max((len(r) for r in reads), default=0)
+    eos, pad = model.cfg.eos, model.cfg.pad
+    prev = torch.full((B, n + 2), pad, dtype=torch.long)
+    target = torch.full((B, n + 1), pad, dtype=torch.long)
+    for b, r in enumerate(reads):
+        prev[b, 0], prev[b, 2 : 2 + len(r)] = eos, r.cpu()
+        target[b, : len(r)], target[b, len(r)] = r.cpu(), eos
+    prev, target = prev.to(model.device), target.to(model.device)
+    scores = []
+    for lang in languages:
+        prev[:, 1] = tokenizer.lang_tag_id(lang)
+        lp = F.log_softmax(model.decoder(prev, enc)[:, 1:].float(), -1).gather(2, target.unsqueeze(-1))[..., 0]
+        scores.append(lp.masked_fill(target == pad, 0.0).sum(1))
     return torch.stack(scores, dim=1).cpu()
 
 
@@ -378,8 +437,11 @@ def check_options(options: TranscribeOptions, model: FamaModel | None = None,
         checks.append((d.beam_size < model.cfg.vocab_size,
                        f"beam size {d.beam_size} must be smaller than the model's vocabulary "
                        f"({model.cfg.vocab_size} tokens)"))
-        checks.append((o.language != "auto" or model.cfg.src_vocab_size == model.cfg.vocab_size,
-                       "--lang auto needs a model whose two CTC heads share a dictionary; give the language"))
+        checks.append((o.language != "auto" or detection_method(model) is not None,
+                       "--lang auto needs a model with the intermediate CTC head (sharing the decoder's dictionary), "
+                       "which this one lacks; give the language (--lang en, --lang it)"))
+        checks.append((not d.greedy or model.auxiliary_decoder is not None,
+                       "greedy CTC decoding needs the top CTC head, which this model does not have"))
     if tokenizer is not None:
         checks.append((o.language == "auto" or o.language in tokenizer.languages,
                        f"language {o.language!r} is not one of the model's ({', '.join(tokenizer.languages)})"))
@@ -405,7 +467,11 @@ class Pipeline:
         self.replicas = [model] + [copy.deepcopy(model).to(d) for d in (devices or [])[1:]]
         self.model_name = model_name
         o = self.options
-        shared_heads = model.cfg.src_vocab_size == model.cfg.vocab_size
+        shared_heads = detection_method(model) is not None
+        if model.auxiliary_decoder is None and o.decode.ctc_weight > 0 and not o.decode.greedy:
+            log.warning(f"note: this model has no top CTC head: attention-only beam search (beam "
+                              f"{o.decode.beam_size}, no-repeat n-gram {o.decode.no_repeat_ngram_size}, as FBK's demo "
+                              f"decodes); tokens timed by the {timing_source(model, o.task == 'transcribe')}")
         # translation: the source language is detected too (when the model can), to say so when it is the target
         self.detect = o.language == "auto" or (o.task == "translate" and o.detect_source and shared_heads)
 
@@ -574,7 +640,8 @@ class Pipeline:
 
     def _decode_batch(self, model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int]) -> list:
         try:
-            return decode_chunks(model, audios, lang_ids, self.options.decode)
+            return decode_chunks(model, audios, lang_ids, self.options.decode,
+                                 transcripts=[self.options.task == "transcribe"] * len(audios))
         except Exception as e:
             if not _is_oom(e) or len(audios) == 1:
                 raise

@@ -43,6 +43,7 @@ from .pipeline import (
     _batches,
     compute_thread,
     decode_chunks,
+    detection_method,
     language_scores,
     make_segments,
     reading_thread,
@@ -124,7 +125,7 @@ class BatchPool:
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.options = options or ServeOptions()
         # the language can be detected when both CTC heads share a dictionary (`fama transcribe` asks the same)
-        self.can_detect = model.cfg.src_vocab_size == model.cfg.vocab_size
+        self.can_detect = detection_method(model) is not None
         self.cond = threading.Condition()
         self.jobs: list[Job] = []  # with work left
         self.closed = False
@@ -375,7 +376,7 @@ class BatchPool:
                 continue
             try:
                 results = decode_chunks(self.model, [rows[j][2] for j in batch], [rows[j][0].lang_id for j in batch],
-                                        o.decode)
+                                        o.decode, transcripts=[rows[j][0].task == "transcribe" for j in batch])
             except Exception as e:
                 for job in {rows[j][0] for j in batch}:
                     self._fail(job, ServeError(500, f"{job.name}: decoding failed: {type(e).__name__}: {e}"))

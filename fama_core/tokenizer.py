@@ -7,6 +7,7 @@ then `<ctc_blank>` appended last, as `JointCtcMultiTaskModel.build_model` does.
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,7 +21,23 @@ BOS, PAD, EOS, UNK = 0, 1, 2, 3
 BLANK_PIECE = "<ctc_blank>"
 LANG_TAG = "<lang:{}>"
 MODEL_FILE, DICT_FILE = "tokenizer.model", "dict.txt"
+# transformers' Speech2TextTokenizer files (FBK's Hugging Face uploads): the ids come from vocab.json
+SPM_FILE, VOCAB_FILE = "sentencepiece.bpe.model", "vocab.json"
 _LANG_RE = re.compile(r"^<lang:([^<>]+)>$")
+
+
+def read_vocab_json(path: str | Path) -> list[str]:
+    """Symbols of a Speech2Text `vocab.json` ({piece: id}) by id; ValueError unless the ids are 0..N-1, once each."""
+    try:
+        vocab = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable JSON: {e}") from None
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise ValueError(f"{path}: not a vocabulary (a JSON object of piece: integer id)")
+    by_id = {i: piece for piece, i in vocab.items()}
+    if len(by_id) != len(vocab) or set(by_id) != set(range(len(vocab))):
+        raise ValueError(f"{path}: the ids are not 0..{len(vocab) - 1}, each once")
+    return [by_id[i] for i in range(len(vocab))]
 
 
 def read_fairseq_dict(path: str | Path) -> list[str]:
@@ -41,9 +58,13 @@ def read_fairseq_dict(path: str | Path) -> list[str]:
 class Tokenizer:
     """SentencePiece model + fairseq dictionary ids as FAMA uses them (source and target share one vocabulary)."""
 
-    def __init__(self, model_path: str | Path, dict_path: str | Path | None = None):
+    def __init__(self, model_path: str | Path, dict_path: str | Path | None = None,
+                 vocab_path: str | Path | None = None):
+        """`dict_path`: fairseq's dictionary; `vocab_path`: a Speech2Text vocab.json. Either is checked against
+        the SentencePiece model: fama's ids are the spm ids, `<ctc_blank>` after them."""
         self.model_path = Path(model_path)
         self.dict_path = Path(dict_path) if dict_path is not None else None
+        self.vocab_path = Path(vocab_path) if vocab_path is not None else None
         self.sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         n = self.sp.get_piece_size()
         found = tuple(self.sp.id_to_piece(i) for i in range(min(4, n)))
@@ -54,6 +75,8 @@ class Tokenizer:
             )
         if self.dict_path is not None:
             self._check_dict(read_fairseq_dict(self.dict_path))
+        if self.vocab_path is not None:
+            self._check_vocab(read_vocab_json(self.vocab_path))
         self.blank = n
         self._languages = [m.group(1) for i in range(4, n) if (m := _LANG_RE.match(self.sp.id_to_piece(i)))]
 
@@ -70,6 +93,22 @@ class Tokenizer:
                 f"{where}: the dict has {len(symbols)} entries, the spm model {len(expected)} pieces after the "
                 "4 specials (fairseq ids must equal spm ids)"
             )
+
+    def _check_vocab(self, symbols: list[str]) -> None:
+        n = self.sp.get_piece_size()
+        where = f"{self.vocab_path} does not match the SentencePiece model {self.model_path}"
+        for i, got in enumerate(symbols[:n]):
+            want = self.sp.id_to_piece(i)
+            if got != want:
+                raise ValueError(f"{where}: id {i} is {got!r} in vocab.json but {want!r} in the spm model")
+        if symbols[n:] not in ([], [BLANK_PIECE]):
+            raise ValueError(f"{where}: vocab.json has {len(symbols)} entries, the spm model {n} pieces "
+                             f"(vocab.json may add only {BLANK_PIECE} after them)")
+
+    @property
+    def files(self) -> list[Path]:
+        """The files this tokenizer was read from."""
+        return [p for p in (self.model_path, self.dict_path, self.vocab_path) if p is not None]
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> Tokenizer:

@@ -122,11 +122,15 @@ def test_hub_style_upload_with_prefixed_keys(tmp_path, tiny):
     assert loaded.cfg.ctc_encoder_layer == 2 and loaded.cfg.encoder_layers == 4 and loaded.cfg.vocab_size == 201
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
-    sd["model.extra.weight"] = torch.zeros(3, 2)
     del sd["model.decoder.layer_norm.bias"]
     save_file(sd, repo / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"missing: decoder.layer_norm.bias \(64,\); unexpected: "
-                                              r"extra.weight \(3, 2\)"):
+    with pytest.raises(CheckpointError, match=r"weights do not match the FAMA architecture; "
+                                              r"missing: decoder.layer_norm.bias \(64,\)$"):
+        load_hub_folder(repo)
+    sd["model.extra.weight"] = torch.zeros(3, 2)
+    save_file(sd, repo / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"hf: 1 tensor names match no FAMA parameter: model.extra.weight "
+                                              r"\(1, e.g. model.extra.weight \(3, 2\)\); fama reads fairseq names"):
         load_hub_folder(repo)
 
 

@@ -47,7 +47,7 @@ def test_batches_mix_files_sorted_by_length_within_budget(tiny, monkeypatch):
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(4.0))
     batches = []
 
-    def fake_decode(model, audios, lang_ids, options):
+    def fake_decode(model, audios, lang_ids, options, **_):
         batches.append([len(a) / 16000 for a in audios])
         return [([], []) for _ in audios]
 
@@ -92,7 +92,8 @@ def test_readers_run_vad_on_one_torch_thread(tiny, monkeypatch):
 def test_files_finish_as_their_chunks_are_done(tiny, monkeypatch):
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
     calls = []
-    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: calls.append(1) or [([], [])] * len(audios))
+    monkeypatch.setattr(tr, "decode_chunks",
+                        lambda m, audios, langs, o, **_: calls.append(1) or [([], [])] * len(audios))
     sources = waves(*[3.0] * 6)
     items = [InputFile(f"f{i}") for i in range(6)]
     opts = TranscribeOptions(language="en", pool_seconds=5.0, readers=1)  # pools hold about 2 files at a time
@@ -112,7 +113,7 @@ def test_language_auto_uses_the_higher_tag_score(tiny, monkeypatch):
         # pretend: audio with a positive first sample is Italian
         return torch.tensor([[-1.0, -0.5] if a[0] > 0 else [-0.2, -3.0] for a in audios])
 
-    def fake_decode(model, audios, lang_ids, options):
+    def fake_decode(model, audios, lang_ids, options, **_):
         for a, lang in zip(audios, lang_ids):
             seen[float(a[0])] = lang
         return [([], []) for _ in audios]
@@ -197,9 +198,9 @@ def test_several_devices_share_the_batches_and_give_the_same_transcripts(tiny, m
     real_decode = tr.decode_chunks
     used = []
 
-    def counting_decode(model, audios, lang_ids, options):
+    def counting_decode(model, audios, lang_ids, options, **_):
         used.append(id(model))
-        return real_decode(model, audios, lang_ids, options)
+        return real_decode(model, audios, lang_ids, options, **_)
 
     monkeypatch.setattr(tr, "decode_chunks", counting_decode)
     texts = []
@@ -218,7 +219,7 @@ def test_several_devices_share_the_batches_and_give_the_same_transcripts(tiny, m
 def test_a_failing_batch_on_one_device_fails_only_its_files(tiny, monkeypatch):
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(3.0))
 
-    def fake_decode(model, audios, lang_ids, options):
+    def fake_decode(model, audios, lang_ids, options, **_):
         if any(abs(len(a) / 16000 - 1.0) < 1e-6 for a in audios):
             raise RuntimeError("boom")
         return [([], []) for _ in audios]
@@ -250,7 +251,8 @@ def test_lang_auto_refuses_a_model_whose_ctc_heads_have_different_dictionaries(t
     model, tok = tiny
     other = copy.deepcopy(model)
     other.cfg = dataclasses.replace(model.cfg, src_vocab_size=model.cfg.vocab_size + 1)
-    with pytest.raises(ValueError, match="--lang auto needs a model whose two CTC heads share a dictionary"):
+    with pytest.raises(ValueError, match=r"--lang auto needs a model with the intermediate CTC head \(sharing the "
+                                         r"decoder's dictionary\), which this one lacks"):
         Pipeline(other, tok, TranscribeOptions(language="auto"))
     Pipeline(other, tok, TranscribeOptions(language="en"))  # a given language needs no detection
 
@@ -264,7 +266,7 @@ def test_oom_retry_runs_after_the_failed_attempt_is_released(tiny, monkeypatch):
     failed: list[weakref.ref] = []
     calls = []
 
-    def fake_decode(model, audios, lang_ids, options):
+    def fake_decode(model, audios, lang_ids, options, **_):
         calls.append((len(audios), sys.exc_info()[0], [r() is None for r in failed]))
         if len(audios) > 1:
             activations = torch.ones(1000, 1000)  # what the failed attempt had allocated
@@ -302,7 +304,7 @@ def test_language_detection_uses_exactly_the_first_detect_seconds(tiny, monkeypa
 
 def test_progress_moves_with_the_audio(tiny, monkeypatch):
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(2.0))
-    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o: [([], [])] * len(audios))
+    monkeypatch.setattr(tr, "decode_chunks", lambda m, audios, langs, o, **_: [([], [])] * len(audios))
     seen: list[tr.RunProgress] = []
     opts = TranscribeOptions(language="en", batch_size=2, pool_seconds=4.0, readers=1)
     results = list(Pipeline(*tiny, opts).run([InputFile(f"f{i}") for i in range(3)], waves(5, 3, 4),
@@ -344,7 +346,7 @@ def test_stopping_early_joins_the_device_workers(tiny, monkeypatch):
 
     monkeypatch.setattr(tr, "iter_speech_chunks", fixed_chunks(1.0))
 
-    def slow_decode(model, audios, lang_ids, options):
+    def slow_decode(model, audios, lang_ids, options, **_):
         time.sleep(0.3)
         return [([], []) for _ in audios]
 
