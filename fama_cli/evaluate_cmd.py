@@ -100,9 +100,7 @@ def eval_cmd(
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
                                    batch_size, device, dtype, quiet or as_json,
                                    lambda audio: _check_report(report, [manifest, *audio], overwrite))
-    _print_failed(result)
-    if not result.utterances:  # no score to print or write: a WER of 0.00 over nothing would read as perfect
-        raise fail(f"no row could be decoded ({len(getattr(result, 'failed', []))} failed); no report written")
+    _print_failed(getattr(result, "failed", []))
     _output(result, report, as_json, quiet, overwrite)
     _exit_code(result, max_wer, min_bleu)
 
@@ -119,8 +117,8 @@ def _check_task_options(task: str, max_wer: float | None, min_bleu: float | None
                    "src_lang (or --lang)", 2)
 
 
-def _print_failed(result) -> None:
-    for row in getattr(result, "failed", []):
+def _print_failed(failed: list[dict[str, str]]) -> None:
+    for row in failed:
         err.print(f"[red]failed:[/] row {escape(row['id'])} ({escape(row['audio'])}): {escape(row['error'])}",
                   soft_wrap=True)
 
@@ -172,7 +170,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
                       device: str | None, dtype: str | None, quiet: bool, check_report: Callable[[list], None]):
     from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
-    from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
+    from fama_core.evaluation import EvalError, EvalOptions, NothingScored, evaluate, plan
     from fama_core.pipeline import resolve_devices
     from fama_core.precision import PRECISIONS
 
@@ -223,6 +221,9 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
                         progress=(lambda s: progress.advance(bar, s)) if progress else None)
     except EvalError as e:
         raise fail(str(e), 2) from None
+    except NothingScored as e:
+        _print_failed(e.failed)
+        raise fail(f"{e}; no report written") from None
     finally:
         if progress:
             progress.stop()

@@ -41,6 +41,15 @@ class EvalError(ValueError):
     """A manifest, row, language or option that cannot be evaluated (the CLI's usage error)."""
 
 
+class NothingScored(Exception):
+    """No row could be decoded: there is no score (a WER of 0.00 over nothing would read as perfect). `failed`
+    lists the rows as `EvalReport.failed` does."""
+
+    def __init__(self, failed: list[dict[str, str]]):
+        super().__init__(f"no row could be decoded ({len(failed)} failed)")
+        self.failed = failed
+
+
 @dataclass
 class EvalOptions:
     task: str = "asr"  # "asr" or "st"
@@ -224,7 +233,7 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
     `DecodeOptions` fields (beam_size=1, greedy=True, ...). Groups: per spoken language (ASR) or per "src-tgt"
     direction (ST); utterances worst first, each with its `seconds` of audio. A row whose audio cannot be read
     or decoded is left out of the scores and listed in `failed` (id, audio, error). Raises EvalError for
-    unusable input.
+    unusable input, NothingScored when no row could be decoded.
     """
     o = dataclasses.replace(options or EvalOptions())
     if task is not None:
@@ -264,13 +273,15 @@ def evaluate(manifest: str | Path | Sequence[ManifestRow], model: Any = "fama-sm
             raise EvalError(str(e)) from None
     decoded = decode_manifest(model, tokenizer, items, base, o, progress, devices)
     ok = [n for n, text in enumerate(decoded.texts) if text is not None]
+    failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
+    if not ok:
+        raise NothingScored(failed)
     report = score([items[n].row.id for n in ok], [decoded.texts[n] for n in ok], [items[n].ref for n in ok],
                    o.task, [items[n].label for n in ok], o.normalize)
     by_id = {items[n].row.id: n for n in ok}
     for u in report.utterances:
         n = by_id[u["id"]]
         u.update(audio=items[n].row.audio, seconds=round(decoded.seconds[n], 3))
-    failed = [{"id": it.row.id, "audio": it.row.audio, "error": e} for it, e in zip(items, decoded.errors) if e]
     info = {**dataclasses.asdict(o), "device": ",".join(devices) if devices else str(model.device),
             "dtype": precision_of(model), "fama_version": package_version()}
     return EvalReport(report.task, report.overall, report.groups, report.utterances, model=model_name or "",

@@ -259,3 +259,13 @@ def test_skip_existing_from_another_folder_still_skips(tmp_path, monkeypatch):
     code, _, err = fama("transcribe", tmp_path / "rec", "-o", tmp_path / "out", *common, "--skip-existing")
     assert code == 0 and "0 done, 1 skipped, 0 failed" in err, err
     assert sorted(os.listdir(tmp_path / "out")) == ["talk.json", "talk.txt"]
+
+
+def test_library_evaluate_with_every_row_failing_raises_instead_of_a_perfect_score(tmp_path):
+    from fama_core.evaluation import NothingScored, evaluate
+
+    bad = tmp_path / "bad.tsv"
+    write_manifest(bad, [ManifestRow("gone", "nope.wav", 1, "x", src_lang="en", tgt_lang="en")])
+    with pytest.raises(NothingScored, match=r"^no row could be decoded \(1 failed\)$") as caught:
+        evaluate(bad, TRAINED_TINY, device="cpu")
+    assert [(f["id"], f["audio"]) for f in caught.value.failed] == [("gone", "nope.wav")]
