@@ -102,8 +102,9 @@ def demo(
 ) -> None:
     """Copy the demo clips (short English and Italian sentences, synthetic voices) into FOLDER; never overwrites.
 
-    Then: fama transcribe FOLDER --model fama-demo --srt --txt. The demo model ships with fama and needs no
-    network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for real speech).
+    Then: fama transcribe FOLDER --model fama-demo --srt --txt --skip-existing. The demo model ships with fama
+    and needs no network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for
+    real speech).
     """
     from fama_core.checkpoints import CheckpointError, copy_demo_clips
 
@@ -112,4 +113,5 @@ def demo(
     except (CheckpointError, OSError) as e:
         raise fail(str(e)) from None
     out.print(f"{folder}: {len(copied)} clips copied" + (f", {len(same)} already there" if same else ""))
-    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt")
+    # --skip-existing: the hint works again on a second run, when the outputs of the first are there
+    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt --skip-existing")
