@@ -72,7 +72,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, 
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
-                                                   "or ray://HOST:PORT")]
+                                                   "or HOST:PORT (its GCS)")]
 
 LANGUAGES = ("en", "it")
 NAMED = ", ".join(f"{code} ({LANGUAGE_NAMES[code]})" for code in LANGUAGES)  # en (english), it (italian)
@@ -364,12 +364,10 @@ def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
 
 
 def _join_ray(address: str | None) -> None:
-    from fama_core.cluster import RayUnavailable, connect
+    from fama_core.cluster import connect
 
     try:
         connect(address)
-    except RayUnavailable as e:
-        raise fail(escape(str(e))) from None
     except ConnectionError as e:  # nothing answers at that address
         raise fail(escape(f"cannot join Ray: {e}")) from None
 

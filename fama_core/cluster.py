@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import inspect
 import io
 import json
@@ -60,8 +59,12 @@ from .precision import keep_freed_memory
 
 INSTALL = 'pip install "fama-speech[ray]"'  # the distribution is fama-speech; `fama` on PyPI is another project
 RAY_MISSING = f'Ray is not installed: {INSTALL} (or pip install "ray[data]")'
-CLIENT_MISSING = f'Ray Client (ray://) is not installed: {INSTALL} (or pip install "ray[client]")'
-ADDRESS_FORMS = "auto, HOST:PORT or ray://HOST:PORT"
+ADDRESS_FORMS = "auto or HOST:PORT"
+# Ray Data runs its executor in the driver, which Ray Client (ray://) cannot host (ray-project/ray#42739: "Ray
+# client does not work with Ray Data"); its jobs fail after the model is shipped with "'Worker' object has no
+# attribute 'core_worker'". The driver has to run on the cluster: `ray job submit`.
+CLIENT_REFUSED = ("Ray Client (ray://) cannot run Ray Data jobs: run fama on the cluster instead, with "
+                  "`ray job submit --address http://HEAD:8265 -- fama transcribe ... --ray` (docs/scale.md)")
 # Ray itself retries an unreachable cluster for minutes (and ignores Ctrl-C meanwhile): its port is tried first,
 # and a cluster that does not answer within this many seconds is an error
 CONNECT_TIMEOUT = 5.0
@@ -94,26 +97,26 @@ def require_ray() -> Any:
 
 def resolve_address(address: str | None = None) -> str | None:
     """The address `connect` joins: `address`, else $RAY_ADDRESS, else None (a `ray start` instance of this
-    machine, or a new local Ray). ValueError, naming where it came from, unless it is auto, HOST:PORT or
-    ray://HOST:PORT (what Ray takes), so that a typo fails before anything is loaded."""
+    machine, or a new local Ray). ValueError, naming where it came from, unless it is auto or HOST:PORT (a
+    cluster's GCS), so that a typo, or a Ray Client address (CLIENT_REFUSED), fails before anything is loaded."""
     where = "--ray-address" if address is not None else "$RAY_ADDRESS"
     address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
     if address in (None, "auto", "local"):  # local: a new local Ray, as Ray reads it
         return None if address == "local" else address
     m = _ADDRESS.fullmatch(address.strip())
+    if m is not None and m["client"]:
+        raise ValueError(f"{where} {address!r}: {CLIENT_REFUSED}")
     if m is None or not 0 < int(m["port"]) < 65536:
         raise ValueError(f"{where} {address!r} is not a Ray address: use {ADDRESS_FORMS}")
     return address.strip()
 
 
 def reach(address: str | None, timeout: float = CONNECT_TIMEOUT) -> None:
-    """ConnectionError, in one line, unless something accepts a connection at a HOST:PORT or ray://HOST:PORT
-    `address` within `timeout` seconds; RayUnavailable for ray:// without Ray Client installed."""
+    """ConnectionError, in one line, unless something accepts a connection at a HOST:PORT `address` within
+    `timeout` seconds."""
     m = _ADDRESS.fullmatch(address or "")
     if m is None:
         return
-    if m["client"] and importlib.util.find_spec("grpc") is None:
-        raise RayUnavailable(CLIENT_MISSING)
     host = m["host"].strip("[]")
     try:
         socket.create_connection((host, int(m["port"])), timeout=timeout).close()
@@ -125,9 +128,9 @@ def reach(address: str | None, timeout: float = CONNECT_TIMEOUT) -> None:
 
 def connect(address: str | None = None) -> Any:
     """Join Ray: the running instance of this process, else `address` ("auto": the cluster this machine belongs
-    to, "HOST:PORT": a cluster's GCS, "ray://HOST:PORT": a remote one through Ray Client), else $RAY_ADDRESS (set
-    by `ray job submit`), else a new local Ray. ValueError for an address of another form, ConnectionError when
-    nothing answers there within CONNECT_TIMEOUT seconds."""
+    to, "HOST:PORT": a cluster's GCS), else $RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
+    ValueError for an address of another form, ConnectionError when nothing answers there within
+    CONNECT_TIMEOUT seconds."""
     ray = require_ray()
     if not ray.is_initialized():
         address = resolve_address(address)
