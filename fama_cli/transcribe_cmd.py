@@ -35,7 +35,8 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Alias, Hugging Face r
 Device = Annotated[str | None, typer.Option(help="cpu, cuda (every visible GPU), cuda:1, or a list such as "
                                                  "cuda:0,cuda:2 (default: every GPU, else the CPU)")]
 Dtype = Annotated[str, typer.Option(help="auto (GPU: bfloat16 or float16; CPU: the fastest of float32, bfloat16 "
-                                         "and int8 on this machine), float32 (exact), bfloat16, float16 or int8")]
+                                         "and int8 on this machine), float32 (exact), bfloat16, float16 or int8 "
+                                         "(or fp32, bf16, fp16, half)")]
 OutputDir = Annotated[str | None, typer.Option("--output-dir", "--output_dir", "-o",
                                                help="Folder for the outputs (default: beside each input); - writes "
                                                     "the one chosen format to stdout")]
@@ -65,7 +66,8 @@ MaxLineCountOpt = Annotated[int, typer.Option("--max-line-count", "--max_line_co
 MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue, in seconds")]
 MinCueSecondsOpt = Annotated[float, typer.Option(help="Shortest subtitle cue, in seconds")]
 MaxCpsOpt = Annotated[float, typer.Option(help="Reading speed: most characters per second in a cue")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing (default: torch's choice)",
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing (default: torch's choice; at most "
+                                                     "the usable cores)",
                                                 show_default=False)]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
