@@ -20,7 +20,6 @@ import typer
 from rich.markup import escape
 
 from fama_cli.main import app, err, fail, set_threads
-from fama_core.tokenizer import LANGUAGE_NAMES, language_code
 
 if TYPE_CHECKING:
     from fama_core.model import FamaModel
@@ -77,7 +76,6 @@ RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cl
                                                    "or HOST:PORT (its GCS)")]
 
 LANGUAGES = ("en", "it")
-NAMED = ", ".join(f"{code} ({LANGUAGE_NAMES[code]})" for code in LANGUAGES)  # en (english), it (italian)
 
 
 @dataclass
@@ -443,18 +441,29 @@ def transcribe(
           ray=ray, ray_address=ray_address)
 
 
+def _named() -> list[str]:
+    """The languages as the error lines list them: en (english), it (italian)."""
+    from fama_core.tokenizer import LANGUAGE_NAMES
+
+    return [f"{code} ({LANGUAGE_NAMES[code]})" for code in LANGUAGES]
+
+
 def _spoken(lang: str) -> str:
     """--lang as a code ("English" -> "en", as whisper and the server take names) or auto; exit 2 otherwise."""
+    from fama_core.tokenizer import language_code
+
     code = language_code(lang)
     if code not in (*LANGUAGES, "auto"):
-        raise fail(f"--lang must be {NAMED} or auto, not {lang!r}", 2)
+        raise fail(f"--lang must be {', '.join(_named())} or auto, not {lang!r}", 2)
     return code
 
 
 def _target(to: str, spoken: str) -> str:
+    from fama_core.tokenizer import language_code
+
     code = language_code(to)
     if code not in LANGUAGES:
-        raise fail(f"--to must be {' or '.join(NAMED.split(', '))}, not {to!r}", 2)
+        raise fail(f"--to must be {' or '.join(_named())}, not {to!r}", 2)
     to = code
     if spoken == to:
         raise fail(f"the speech is already in {to}: nothing to translate (use fama transcribe, or another --to)", 2)
