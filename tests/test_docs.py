@@ -35,8 +35,21 @@ def options(path: str) -> set[str]:
     return {o for p in cmd.get_params(ctx) for o in (*p.opts, *p.secondary_opts) if o.startswith("-")}
 
 
-def code_blocks(text: str) -> list[str]:
-    return re.findall(r"^```(?:bash|sh|console)?\n(.*?)^```", text, flags=re.S | re.M)
+def code_blocks(text: str, languages: tuple[str, ...] = ("bash", "sh", "console", "")) -> list[str]:
+    """The fenced blocks in `languages` (a bare fence is shell), fences read in order (a closing fence is never
+    taken for an opening one)."""
+    blocks, current, language = [], None, ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            if current is None:
+                current, language = [], line[3:].strip()
+            else:
+                if language in languages:
+                    blocks.append("".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
 
 
 def fama_args(line: str) -> list[str] | None:
@@ -57,7 +70,8 @@ def command_lines(text: str) -> list[list[str]]:
 
 def spans(text: str) -> list[str]:
     """The prose's `code spans` (outside shell blocks, which command_lines reads)."""
-    return re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    prose = re.sub(r"^```[^\n]*\n.*?^```[^\n]*$", "", text, flags=re.S | re.M)
+    return re.findall(r"`([^`\n]+)`", prose)
 
 
 def command_of(args: list[str]) -> str:
@@ -78,7 +92,7 @@ def named_options(text: str) -> set[str]:
 def check_doc(doc: str, commands: list[str], complete: bool) -> None:
     """The checks every doc of fama's commands gets: its command lines parse, the options it names exist
     (on `commands` when named on their own), and (`complete`) every option of those commands is named."""
-    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    text = (ROOT / doc).read_text(encoding="utf-8")
     for args in command_lines(text):
         path = command_of(args)
         assert path, f"{doc}: fama {' '.join(args)}: no such command"
@@ -98,13 +112,17 @@ def check_doc(doc: str, commands: list[str], complete: bool) -> None:
 
 
 def test_scale_md_matches_the_cli():
-    check_doc("scale.md", ["transcribe", "translate"], complete=False)
+    check_doc("docs/scale.md", ["transcribe", "translate"], complete=False)
     text = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
     assert {"--ray", "--ray-address"} <= named_options(text) | {o for a in command_lines(text) for o in flags(a)}
 
 
 def test_usage_md_documents_every_option_of_transcribe_and_translate():
-    check_doc("usage.md", ["transcribe", "translate"], complete=True)
+    check_doc("docs/usage.md", ["transcribe", "translate"], complete=True)
+
+
+def test_readme_command_lines_parse():
+    check_doc("README.md", list(CLI.commands), complete=False)
 
 
 def bullet(text: str, label: str) -> set[str]:
