@@ -13,8 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fama_cli.main import app, err, fail, out
-from fama_cli.train_cmd import apply_threads
+from fama_cli.main import app, err, fail, out, set_threads
 
 
 def _opt(text: str, *names: str) -> typer.Option:
@@ -79,7 +78,7 @@ def eval_cmd(
     others are scored. Exit codes: 0 ok, 1 a --max-wer/--min-bleu gate failed or a row failed, 2 usage error.
     """
     _check_task_options(task, max_wer, min_bleu, to)
-    apply_threads(threads)
+    set_threads(threads)
 
     if hyp is not None or ref is not None:
         decoding = {"a MANIFEST": manifest, "--model": model, "--to": to, "--beam-size": beam_size,
@@ -168,15 +167,16 @@ def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
 def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lang: str | None,
                       beam_size: int | None, ctc_weight: float | None, greedy: bool, batch_size: int | None,
                       device: str | None, dtype: str | None, quiet: bool, check_report: Callable[[list], None]):
-    from fama_core.checkpoints import DTYPES, CheckpointError, load_model
+    from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, NothingScored, evaluate, plan
     from fama_core.pipeline import resolve_devices
-    from fama_core.precision import PRECISIONS
+    from fama_core.precision import normalize
 
-    dtype = dtype or "auto"
-    if dtype not in PRECISIONS and dtype not in DTYPES:
-        raise fail(f"unknown dtype {dtype!r}; choose {', '.join(PRECISIONS)}", 2)
+    try:
+        dtype = normalize(dtype)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
     if (beam_size is not None and beam_size < 1) or (batch_size is not None and batch_size < 1):
         raise fail("--beam-size and --batch-size must be at least 1", 2)
     if ctc_weight is not None and not 0.0 <= ctc_weight <= 1.0:

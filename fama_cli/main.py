@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def _plain_help() -> None:
@@ -33,6 +35,7 @@ _plain_help()
 app = typer.Typer(
     name="fama",
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},  # as whisper; every subcommand inherits it
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -47,6 +50,36 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error and return the exit to raise."""
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
+
+
+def warning(message: str) -> None:
+    """A one-line `warning:` on stderr."""
+    err.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> None:
+    """`--threads N`: torch's CPU threads (None: torch's choice). More threads than usable cores only wait for
+    each other at every parallel region (many times slower), so N is capped to the cores, with a warning."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise fail("--threads must be at least 1", 2)
+    cores = usable_cores()
+    if threads > cores:
+        warning(f"--threads {threads}: this process may use {cores} CPU cores; using {cores}")
+        threads = cores
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # only possible before the first parallel work; then the intra-op setting stands
+        pass
 
 
 def human_size(n: int) -> str:

@@ -131,20 +131,24 @@ def convert(
     spm: Annotated[Path | None, typer.Option(help="SentencePiece model (default: the *.model beside the checkpoint)")]
     = None,
     dict_path: Annotated[Path | None, typer.Option("--dict", help="fairseq dictionary .txt")] = None,
-    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 weights")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights (or fp32, bf16, fp16, half)")]
+    = "float32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty folder, replacing only its "
                                                                 "model files")] = False,
 ) -> None:
     """Turn a fairseq checkpoint (+ its SentencePiece model) into a fama model folder."""
-    from fama_core.checkpoints import DTYPES, CheckpointError, check_output_folder, load_fairseq, save_model
+    from fama_core.checkpoints import CheckpointError, check_output_folder, load_fairseq, save_model
+    from fama_core.precision import FLOAT_DTYPES, WEIGHT_DTYPES, normalize
 
-    if dtype not in DTYPES:
-        raise fail(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16", 2)
+    try:
+        dtype = normalize(dtype, WEIGHT_DTYPES)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
     inputs = [p for p in (checkpoint, spm, dict_path) if p is not None]
     try:
         check_output_folder(output, overwrite=overwrite, protect=inputs)
         model, tok = load_fairseq(checkpoint, spm, dict_path)
-        save_model(model, tok, output, dtype=DTYPES[dtype], overwrite=overwrite, protect=inputs)
+        save_model(model, tok, output, dtype=FLOAT_DTYPES[dtype], overwrite=overwrite, protect=inputs)
     except (CheckpointError, ValueError, OSError) as e:
         raise fail(str(e)) from None
     out.print(f"wrote {output} ({model.num_parameters():,} parameters, {dtype})")
@@ -180,8 +184,9 @@ def demo(
 ) -> None:
     """Copy the demo clips (short English and Italian sentences, synthetic voices) into FOLDER; never overwrites.
 
-    Then: fama transcribe FOLDER --model fama-demo --srt --txt. The demo model ships with fama and needs no
-    network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for real speech).
+    Then: fama transcribe FOLDER --model fama-demo --srt --txt --skip-existing. The demo model ships with fama
+    and needs no network; it knows only simple sentences in synthetic voices (it is not FAMA: use fama-small for
+    real speech).
     """
     from fama_core.checkpoints import CheckpointError, copy_demo_clips
 
@@ -190,4 +195,5 @@ def demo(
     except (CheckpointError, OSError) as e:
         raise fail(str(e)) from None
     out.print(f"{folder}: {len(copied)} clips copied" + (f", {len(same)} already there" if same else ""))
-    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt")
+    # --skip-existing: the hint works again on a second run, when the outputs of the first are there
+    out.print(f"next: fama transcribe {folder} --model fama-demo --srt --txt --skip-existing")

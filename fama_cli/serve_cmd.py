@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from fama_cli.main import app, err, fail
+from fama_cli.main import app, err, fail, set_threads
 from fama_cli.transcribe_cmd import (
     BatchSizeOpt,
     BeamSizeOpt,
@@ -32,7 +32,6 @@ from fama_cli.transcribe_cmd import (
     ThreadsOpt,
     decode_options,
     load_for_cli,
-    set_threads,
     subtitle_options,
 )
 

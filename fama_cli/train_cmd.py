@@ -13,23 +13,13 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from fama_cli.main import app, data_app, err, fail, out
+from fama_cli.main import app, data_app, err, fail, out, set_threads
 
 _MODEL_FLAGS = {"encoder_layers", "decoder_layers", "d_model", "encoder_heads", "decoder_heads", "ctc_encoder_layer"}
 
 
 def _opt(text: str, *names: str) -> Any:
     return typer.Option(*names, help=text, show_default=False)
-
-
-def apply_threads(n: int | None) -> None:
-    """`--threads N`: torch's intra-op CPU threads (None: leave torch's default)."""
-    if n is not None:
-        if n < 1:
-            raise fail("--threads must be at least 1", 2)
-        import torch
-
-        torch.set_num_threads(n)
 
 
 def _subsets(value: str | None, root: Path | None) -> list[str] | None:
@@ -136,7 +126,8 @@ def train(
     p_sampling_asr: Annotated[float | None, _opt("Stage 2: probability that a batch is trained as ASR")] = None,
     no_specaugment: Annotated[bool, typer.Option("--no-specaugment", help="Train without SpecAugment")] = False,
     seed: Annotated[int | None, _opt("Random seed")] = None,
-    dtype: Annotated[str | None, _opt("auto (bf16 on capable GPUs, else fp32), fp32, bf16 or fp16")] = None,
+    dtype: Annotated[str | None, _opt("auto (bfloat16 on capable GPUs, else float32), float32, bfloat16 or "
+                                                "float16 (or fp32, bf16, fp16, half)")] = None,
     device: Annotated[str | None, _opt("cpu, cuda (default: cuda:LOCAL_RANK when available)")] = None,
     num_workers: Annotated[int | None, _opt("Data-loading processes per worker (0: in the training process)")]
     = None,
@@ -163,7 +154,7 @@ def train(
     from fama_core.training import train as run_training
     from fama_core.training.trainer import check_options
 
-    apply_threads(threads)
+    set_threads(threads)
     try:
         base = load_preset(preset, stage)
     except (ValueError, OSError, json.JSONDecodeError) as e:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from fama_cli.main import app, err, fail
+from fama_cli.main import app, err, fail, set_threads
 
 if TYPE_CHECKING:
     from fama_core.model import FamaModel
@@ -34,7 +34,8 @@ Model = Annotated[str, typer.Option("--model", "-m", help="Alias, Hugging Face r
 Device = Annotated[str | None, typer.Option(help="cpu, cuda (every visible GPU), cuda:1, or a list such as "
                                                  "cuda:0,cuda:2 (default: every GPU, else the CPU)")]
 Dtype = Annotated[str, typer.Option(help="auto (GPU: bfloat16 or float16; CPU: the fastest of float32, bfloat16 "
-                                         "and int8 on this machine), float32 (exact), bfloat16, float16 or int8")]
+                                         "and int8 on this machine), float32 (exact), bfloat16, float16 or int8 "
+                                         "(or fp32, bf16, fp16, half)")]
 OutputDir = Annotated[str | None, typer.Option("--output-dir", "--output_dir", "-o",
                                                help="Folder for the outputs (default: beside each input); - writes "
                                                     "the one chosen format to stdout")]
@@ -58,19 +59,21 @@ GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Fast mode: greedy CTC
 MaxTokensOpt = Annotated[int, typer.Option(help="Most output tokens per speech chunk")]
 BatchSizeOpt = Annotated[int, typer.Option(help="Most speech chunks decoded at once")]
 MaxChunkSecondsOpt = Annotated[float, typer.Option(help="Longest speech chunk fed to the model (1 to 120)")]
-MaxLineWidthOpt = Annotated[int, typer.Option(help="Characters per subtitle line")]
-MaxLineCountOpt = Annotated[int, typer.Option(help="Lines per subtitle cue")]
+MaxLineWidthOpt = Annotated[int, typer.Option("--max-line-width", "--max_line_width",
+                                              help="Characters per subtitle line")]
+MaxLineCountOpt = Annotated[int, typer.Option("--max-line-count", "--max_line_count", help="Lines per subtitle cue")]
 MaxCueSecondsOpt = Annotated[float, typer.Option(help="Longest subtitle cue, in seconds")]
 MinCueSecondsOpt = Annotated[float, typer.Option(help="Shortest subtitle cue, in seconds")]
 MaxCpsOpt = Annotated[float, typer.Option(help="Reading speed: most characters per second in a cue")]
-ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing (default: torch's choice)",
+ThreadsOpt = Annotated[int | None, typer.Option(help="CPU threads for computing (default: torch's choice; at most "
+                                                     "the usable cores)",
                                                 show_default=False)]
 LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Never download the model")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
-                                                   "or ray://HOST:PORT")]
+                                                   "or HOST:PORT (its GCS)")]
 
 LANGUAGES = ("en", "it")
 
@@ -101,20 +104,6 @@ def _usage(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ValueError as e:
         raise fail(str(e), 2) from None
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    if threads < 1:
-        raise fail("--threads must be at least 1", 2)
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:  # only possible before the first parallel work; then the intra-op setting stands
-        pass
 
 
 def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
@@ -182,10 +171,9 @@ def load_for_cli(model: str, device: str | None, dtype: str, local_files_only: b
     before loading), a model that cannot be loaded exits 1 with one line."""
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.pipeline import resolve_devices
-    from fama_core.precision import PRECISIONS
+    from fama_core.precision import normalize
 
-    if dtype not in PRECISIONS:
-        raise fail(f"unknown dtype {dtype!r}; choose {', '.join(PRECISIONS)}", 2)
+    dtype = _usage(normalize, dtype)
     if device is None and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
@@ -352,19 +340,35 @@ def _main(inputs: list[str], *, formats: list[str], output_dir: str | None,
         logging.getLogger("fama_core").setLevel(logging.ERROR)
     on_ray = _Ray(ray_address, device) if ray or ray_address is not None else None
     if on_ray:
-        from fama_core.cluster import RayUnavailable, require_ray
+        from fama_core.cluster import RayUnavailable, require_ray, resolve_address
 
         try:
             require_ray()
         except RayUnavailable as e:
             raise fail(escape(str(e))) from None
+        on_ray.address = _usage(resolve_address, ray_address)
         device = "cpu"  # the driver's copy; the replicas' device is --device
     try:
         plan, who = _plan(inputs, recursive, output_dir, formats, skip_existing, overwrite)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False, highlight=False)
         raise typer.Exit(130) from None
-    _execute(plan, who, lambda: _pipeline(model, device, dtype, local_files_only, options), subs, quiet, on_ray)
+
+    def make_pipeline() -> Pipeline:
+        if on_ray:
+            _join_ray(on_ray.address)  # before the model loads: an unreachable cluster fails in seconds
+        return _pipeline(model, device, dtype, local_files_only, options)
+
+    _execute(plan, who, make_pipeline, subs, quiet, on_ray)
+
+
+def _join_ray(address: str | None) -> None:
+    from fama_core.cluster import connect
+
+    try:
+        connect(address)
+    except ConnectionError as e:  # nothing answers at that address
+        raise fail(escape(f"cannot join Ray: {e}")) from None
 
 
 def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
@@ -376,8 +380,8 @@ def _formats(fmt: list[str] | None, **flags: bool) -> list[str]:
 @app.command()
 def transcribe(
     inputs: Inputs,
-    lang: Annotated[str, typer.Option("--lang", "--language", "-l", help="Spoken language: en, it, or auto "
-                                      "(detected per file from its first 30 s of speech)")] = "auto",
+    lang: Annotated[str, typer.Option("--lang", "--language", "-l", help="Spoken language: en, it (or english, "
+                                      "italian), or auto (detected per file from its first 30 s of speech)")] = "auto",
     task: Annotated[str, typer.Option(help="transcribe, or translate (as whisper: into English, or into --to)")]
     = "transcribe",
     to: Annotated[str | None, typer.Option("--to", "-t", help="With --task translate: target language (default "
@@ -414,8 +418,7 @@ def transcribe(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
-    if lang not in (*LANGUAGES, "auto"):
-        raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
+    lang = _spoken(lang)
     if task not in ("transcribe", "translate"):
         raise fail(f"--task must be transcribe or translate, not {task!r}", 2)
     if to is not None and task != "translate":
@@ -437,9 +440,30 @@ def transcribe(
           ray=ray, ray_address=ray_address)
 
 
+def _named() -> list[str]:
+    """The languages as the error lines list them: en (english), it (italian)."""
+    from fama_core.tokenizer import LANGUAGE_NAMES
+
+    return [f"{code} ({LANGUAGE_NAMES[code]})" for code in LANGUAGES]
+
+
+def _spoken(lang: str) -> str:
+    """--lang as a code ("English" -> "en", as whisper and the server take names) or auto; exit 2 otherwise."""
+    from fama_core.tokenizer import language_code
+
+    code = language_code(lang)
+    if code not in (*LANGUAGES, "auto"):
+        raise fail(f"--lang must be {', '.join(_named())} or auto, not {lang!r}", 2)
+    return code
+
+
 def _target(to: str, spoken: str) -> str:
-    if to not in LANGUAGES:
-        raise fail(f"--to must be en or it, not {to!r}", 2)
+    from fama_core.tokenizer import language_code
+
+    code = language_code(to)
+    if code not in LANGUAGES:
+        raise fail(f"--to must be {' or '.join(_named())}, not {to!r}", 2)
+    to = code
     if spoken == to:
         raise fail(f"the speech is already in {to}: nothing to translate (use fama transcribe, or another --to)", 2)
     return to
@@ -483,8 +507,7 @@ def translate(
     ray_address: RayAddressOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
-    if lang not in (*LANGUAGES, "auto"):
-        raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
+    lang = _spoken(lang)
     options = decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
                               ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
                               max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .model import FamaModel
 from .names import IGNORED, NameMapping, config_from_state_dict, map_names, unmatched_names
 from .outputs import atomic_path, file_mode
-from .precision import DTYPES, apply_precision, return_freed_memory
+from .precision import FLOAT_DTYPES, WEIGHT_DTYPES, apply_precision, normalize, return_freed_memory
 from .tokenizer import DICT_FILE, MODEL_FILE, SPM_FILE, VOCAB_FILE, Tokenizer, fairseq_dict_text
 
 FORMAT_NAME = "fama"
@@ -690,12 +690,20 @@ def pull(name: str, revision: str | None = None, local_files_only: bool | None =
                                  local_files_only=bool(local_files_only) or offline)
     except RepositoryNotFoundError:
         raise CheckpointError(f"{repo}: no such model on the Hugging Face Hub (or it is private)") from None
-    except LocalEntryNotFoundError:
-        why = "offline mode is on" if (offline or local_files_only) else "the Hub cannot be reached"
+    except LocalEntryNotFoundError as e:
+        why = ("offline mode is on (HF_HUB_OFFLINE=1)" if offline else "only local files were allowed"
+               if local_files_only else f"the Hub cannot be reached ({root_cause(e)})")
         raise CheckpointError(f"{repo}: not in the local cache and {why}; run `fama pull {name}` online") from None
     except (HfHubHTTPError, OSError) as e:
         raise CheckpointError(f"{repo}: download failed: {str(e).splitlines()[0]}") from None
     return Path(path)
+
+
+def root_cause(e: BaseException) -> str:
+    """`Type: first line` of the innermost exception that led to `e` (a refused connection, a DNS failure)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
 
 def cached_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -719,12 +727,10 @@ def cached_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """The torch dtype of a name in DTYPES (or a torch dtype, or None); ValueError for anything else."""
+    """The torch dtype of a weight dtype's name or alias (or a torch dtype, or None); ValueError otherwise."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of float32, float16, bfloat16")
-    return DTYPES[dtype]
+    return FLOAT_DTYPES[normalize(dtype, WEIGHT_DTYPES)]
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -758,8 +764,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     out for inference (`precision.PackedLinear`) unless `trainable` (fine-tuning: plain Linears everywhere).
     """
     dev = check_device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    dtype = ("float32" if trainable else "auto") if dtype is None else dtype
-    dt = None if dtype in ("auto", "int8") else torch_dtype(dtype)  # those two are resolved after loading
+    dtype = normalize(("float32" if trainable else "auto") if dtype is None else dtype)
+    dt = FLOAT_DTYPES.get(dtype)  # None for auto and int8: those two are resolved after loading
     if dev.type == "cpu":
         return_freed_memory()  # until `apply_precision` has packed the weights
     name = str(name_or_path)

@@ -30,6 +30,8 @@ import json
 import os
 import pickle
 import queue
+import re
+import socket
 import tempfile
 import threading
 import time
@@ -55,7 +57,19 @@ from .pipeline import (
 )
 from .precision import keep_freed_memory
 
-RAY_MISSING = 'Ray is not installed: pip install "fama[ray]" (or pip install "ray[data]")'
+INSTALL = 'pip install "fama-speech[ray]"'  # the distribution is fama-speech; `fama` on PyPI is another project
+RAY_MISSING = f'Ray is not installed: {INSTALL} (or pip install "ray[data]")'
+ADDRESS_FORMS = "auto or HOST:PORT"
+# Ray Data runs its executor in the driver, which Ray Client (ray://) cannot host (ray-project/ray#42739: "Ray
+# client does not work with Ray Data"); its jobs fail after the model is shipped with "'Worker' object has no
+# attribute 'core_worker'". The driver has to run on the cluster: `ray job submit`.
+CLIENT_REFUSED = ("Ray Client (ray://) cannot run Ray Data jobs: run fama on the cluster instead, with "
+                  "`ray job submit --address http://HEAD:8265 -- fama transcribe ... --ray` (docs/scale.md)")
+# Ray itself retries an unreachable cluster for minutes (and ignores Ctrl-C meanwhile): its port is tried first,
+# and a cluster that does not answer within this many seconds is an error
+CONNECT_TIMEOUT = 5.0
+_ADDRESS = re.compile(r"(?P<client>ray://)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+                      r":(?P<port>\d{1,5})")
 DETECT = -1  # lang_id of a chunk row whose language is to be scored, not decoded
 END = -1  # chunk number of a file's last row: how many chunks it had, samples read, error
 _COLUMNS = ("index", "chunk", "start", "end", "lang_id", "chunks", "samples", "error")
@@ -81,17 +95,52 @@ def require_ray() -> Any:
     return ray
 
 
+def resolve_address(address: str | None = None) -> str | None:
+    """The address `connect` joins: `address`, else $RAY_ADDRESS, else None (a `ray start` instance of this
+    machine, or a new local Ray). ValueError, naming where it came from, unless it is auto or HOST:PORT (a
+    cluster's GCS), so that a typo, or a Ray Client address (CLIENT_REFUSED), fails before anything is loaded."""
+    where = "--ray-address" if address is not None else "$RAY_ADDRESS"
+    address = address if address is not None else os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "auto", "local"):  # local: a new local Ray, as Ray reads it
+        return None if address == "local" else address
+    m = _ADDRESS.fullmatch(address.strip())
+    if m is not None and m["client"]:
+        raise ValueError(f"{where} {address!r}: {CLIENT_REFUSED}")
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise ValueError(f"{where} {address!r} is not a Ray address: use {ADDRESS_FORMS}")
+    return address.strip()
+
+
+def reach(address: str | None, timeout: float = CONNECT_TIMEOUT) -> None:
+    """ConnectionError, in one line, unless something accepts a connection at a HOST:PORT `address` within
+    `timeout` seconds."""
+    m = _ADDRESS.fullmatch(address or "")
+    if m is None:
+        return
+    host = m["host"].strip("[]")
+    try:
+        socket.create_connection((host, int(m["port"])), timeout=timeout).close()
+    except TimeoutError:
+        raise ConnectionError(f"no Ray cluster answers at {address} (no answer within {timeout:g} s)") from None
+    except OSError as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({e.strerror or e})") from None
+
+
 def connect(address: str | None = None) -> Any:
     """Join Ray: the running instance of this process, else `address` ("auto": the cluster this machine belongs
-    to, "ray://HOST:PORT": a remote one), else $RAY_ADDRESS (set by `ray job submit`), else a new local Ray."""
+    to, "HOST:PORT": a cluster's GCS), else $RAY_ADDRESS (set by `ray job submit`), else a new local Ray.
+    ValueError for an address of another form, ConnectionError when nothing answers there within
+    CONNECT_TIMEOUT seconds."""
     ray = require_ray()
     if not ray.is_initialized():
+        address = resolve_address(address)
+        reach(address)
         import logging
 
         # Ray's own notes (token set-up, progress bars off) are not the user's business; its errors still show
         quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
         started = False
-        if not (address or os.environ.get("RAY_ADDRESS")):
+        if not address:
             with contextlib.suppress(ValueError):  # raised when it finds a `ray start` instance to join instead
                 ray.init(_system_config=LOCAL_SYSTEM_CONFIG, **quiet)
                 started = True

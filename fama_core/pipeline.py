@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .alignment import attention_align
 from .audio import AudioError, stream_audio
-from .checkpoints import load_model
+from .checkpoints import check_device, load_model
 from .decoding import DecodeOptions, decode_encoded, forced_align
 from .features import SAMPLE_RATE, compute_features
 from .inputs import InputFile
@@ -253,6 +253,7 @@ def resolve_devices(spec: str | None) -> list[str]:
         except RuntimeError:
             raise ValueError(f"unknown device {name!r} (use cpu, cuda or cuda:N)") from None
         if device.type == "cuda" and (device.index or 0) >= gpus:
+            check_device(name)  # says why: a CPU-only torch, no GPU visible, or fewer GPUs than asked for
             raise ValueError(f"{name}: no such GPU ({gpus} visible)")
         devices += [f"cuda:{i}" for i in range(gpus)] if name == "cuda" else [name]
     return devices

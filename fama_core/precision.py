@@ -26,10 +26,13 @@ from torch import nn
 from .model import FamaModel
 from .outputs import atomic_write
 
+# The one dtype vocabulary of the library and of every command (case-insensitive): PRECISIONS for inference,
+# WEIGHT_DTYPES for weights written to disk (`fama convert`), TRAIN_DTYPES for training; ALIASES everywhere.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8")
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+TRAIN_DTYPES = ("auto", *WEIGHT_DTYPES)
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPES = {**FLOAT_DTYPES, **{alias: FLOAT_DTYPES[name] for alias, name in ALIASES.items()}}  # weights' dtypes
 CPU_CANDIDATES = ("float32", "bfloat16", "int8")
 AUTO_CANDIDATES = CPU_CANDIDATES  # what `auto` may pick on a CPU
 PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more exact one to be chosen
@@ -37,18 +40,27 @@ PREFER_MARGIN = 0.05  # a lower precision must be this much faster than a more e
 CACHE_VERSION = 5
 
 
-def normalize(precision: str | torch.dtype | None) -> str:
-    """'auto', 'float32', 'bfloat16', 'float16' or 'int8' for a name, alias or torch dtype; ValueError otherwise."""
+def dtype_error(value: object, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    """The one error text for a dtype outside `allowed`: every name and alias that would have been accepted."""
+    aliases = [alias for alias, name in ALIASES.items() if name in allowed]
+    return f"unknown dtype {value!r}; choose one of {', '.join(allowed)}" + (
+        f" (or {', '.join(aliases)})" if aliases else "")
+
+
+def normalize(precision: str | torch.dtype | None, allowed: tuple[str, ...] = PRECISIONS) -> str:
+    """The name in `allowed` ('auto', 'float32', 'bfloat16', 'float16', 'int8' by default) of a name, alias
+    (any case) or torch dtype; None is 'auto'. ValueError (`dtype_error`) otherwise."""
     if precision is None:
-        return "auto"
+        precision = "auto"
     if isinstance(precision, torch.dtype):
-        for name, dt in FLOAT_DTYPES.items():
-            if dt == precision:
-                return name
-        raise ValueError(f"unsupported dtype {precision}")
-    name = ALIASES.get(precision, precision)
-    if name not in PRECISIONS:
-        raise ValueError(f"unknown dtype {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        name = next((n for n, dt in FLOAT_DTYPES.items() if dt == precision), None)
+        if name is None:
+            raise ValueError(f"unsupported dtype {precision}")
+    else:
+        key = str(precision).strip().lower()
+        name = ALIASES.get(key, key)
+    if name not in allowed:
+        raise ValueError(dtype_error(precision, allowed))
     return name
 
 

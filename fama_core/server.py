@@ -49,12 +49,11 @@ from .pipeline import (
     reading_thread,
 )
 from .subtitles import SubtitleOptions, Transcript, format_transcript
-from .tokenizer import Tokenizer
+from .tokenizer import LANGUAGE_NAMES, Tokenizer, language_code
 from .vad import iter_speech_chunks
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
-LANGUAGE_NAMES = {"en": "english", "it": "italian"}  # verbose_json names the language as OpenAI does
 # Fields OpenAI clients may send that fama accepts and ignores (docs/serve.md lists them).
 IGNORED_FIELDS = ("model", "prompt", "temperature", "chunking_strategy", "include[]", "keywords[]", "languages[]",
                   "known_speaker_names[]", "known_speaker_references[]", "hotwords")
@@ -459,20 +458,18 @@ def parse_params(fields: dict[str, list[str]], task: str, languages: list[str], 
     stream_text = one("stream", "false").lower()
     if stream_text not in ("true", "false", "1", "0"):
         raise ServeError(400, f"stream must be true or false, not {stream_text!r}", "stream", "invalid_value")
-    names = {name: code for code, name in LANGUAGE_NAMES.items()}
-
-    def language_code(name: str, value: str) -> str:
-        code = names.get(value.lower(), value.lower())
+    def checked_code(name: str, value: str) -> str:
+        code = language_code(value)
         if code not in languages:
             raise ServeError(400, f"{name} {value!r} is not supported by this model; use {' or '.join(languages)}",
                              name, "unsupported_language")
         return code
 
     if task == "translate":
-        language = language_code("to", one("to", "en"))
+        language = checked_code("to", one("to", "en"))
     else:
         spoken = one("language", "")
-        language = language_code("language", spoken) if spoken and spoken.lower() != "auto" else "auto"
+        language = checked_code("language", spoken) if spoken and spoken.lower() != "auto" else "auto"
         if language == "auto" and not can_detect:
             raise ServeError(400, "this model cannot detect the spoken language (its two CTC heads do not share a "
                              "dictionary): give language", "language", "language_required")

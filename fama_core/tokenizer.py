@@ -24,6 +24,14 @@ MODEL_FILE, DICT_FILE = "tokenizer.model", "dict.txt"
 # transformers' Speech2TextTokenizer files (FBK's Hugging Face uploads): the ids come from vocab.json
 SPM_FILE, VOCAB_FILE = "sentencepiece.bpe.model", "vocab.json"
 _LANG_RE = re.compile(r"^<lang:([^<>]+)>$")
+LANGUAGE_NAMES = {"en": "english", "it": "italian"}  # the names OpenAI's API and whisper accept for the codes
+
+
+def language_code(value: str) -> str:
+    """The code of a language given as a code or a name, in any case ("English", "IT" -> "en", "it"); anything
+    else is returned lowercased, for the caller to refuse with its own choices."""
+    key = value.strip().lower()
+    return {name: code for code, name in LANGUAGE_NAMES.items()}.get(key, key)
 
 
 def read_vocab_json(path: str | Path) -> list[str]:

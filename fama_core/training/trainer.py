@@ -25,10 +25,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fama_core.checkpoints import DTYPES, CheckpointError, load_model
+from fama_core.checkpoints import CheckpointError, load_model
 from fama_core.config import PRESETS, ModelConfig, preset
 from fama_core.model import FamaModel
 from fama_core.outputs import atomic_write
+from fama_core.precision import FLOAT_DTYPES, TRAIN_DTYPES, normalize
 from fama_core.tokenizer import Tokenizer
 
 from .checkpointing import LAST, load_training_checkpoint, numbered_checkpoints, restore, write_checkpoint
@@ -181,8 +182,7 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError("no training data: give --train-subset")
     if opts.stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, not {opts.stage}")
-    if opts.dtype != "auto" and opts.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {opts.dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+    normalize(opts.dtype, TRAIN_DTYPES)
     if opts.update_freq < 1 or opts.log_interval < 1 or min(opts.max_update, opts.max_epoch) < 0:
         raise ValueError("update_freq and log_interval must be at least 1, max_update and max_epoch at least 0")
     torchrun_env()
@@ -198,11 +198,12 @@ def check_options(opts: TrainOptions) -> None:
 
 
 def _autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    name = normalize(name, TRAIN_DTYPES)
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return None
-    return None if DTYPES[name] == torch.float32 else DTYPES[name]
+    return None if name == "float32" else FLOAT_DTYPES[name]
 
 
 # --------------------------------------------------------------------------------------------- trainer
