@@ -39,6 +39,7 @@ class _Run:
         self.jsonl: TextIO | None = None
         self.jsonl_to_stdout = jsonl == "-"
         self.live = None
+        self.written = False  # whether this run has written the subtitle files yet
         if view and not self.jsonl_to_stdout:
             from rich.live import Live
 
@@ -76,8 +77,6 @@ class _Run:
             # replace the file this run wrote
             atomic_write(path, format_transcript(transcript, fmt), overwrite=self.overwrite or self.written)
         self.written = True
-
-    written = False
 
     def commit(self, commit: Commit, decoder: LiveDecoder) -> None:
         self.meta["language"] = self.meta["language"] or decoder.language or ""

@@ -201,7 +201,6 @@ class LiveAudio:
 
     def close(self) -> str | None:
         """Wait for ffmpeg; the error to report (one line), if it failed and was not stopped."""
-        self.stop() if self.stopped else None
         try:
             code = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

@@ -130,3 +130,24 @@ def test_bad_sources_and_options(tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert (proc.returncode, stderr.strip()) == (2, "error: unknown policy 'magic'; choose from streamatt, alignatt, "
                                                     "waitk")
+
+
+def test_capture_commands_per_platform(monkeypatch):
+    from fama_core import capture
+
+    def args(platform: str, device: str | None = None) -> list[str]:
+        monkeypatch.setattr(capture.sys, "platform", platform)
+        capture.capture_backend.cache_clear()
+        try:
+            return capture.input_args(capture.SourceOptions(input_device=device))
+        finally:
+            capture.capture_backend.cache_clear()
+
+    assert args("darwin") == ["-f", "avfoundation", "-i", ":default"]
+    assert args("darwin", "1") == ["-f", "avfoundation", "-i", ":1"]
+    assert args("win32", "Microphone (USB)") == ["-f", "dshow", "-i", "audio=Microphone (USB)"]
+    assert args("linux")[:2] == ["-f", capture.capture_backend()] and args("linux")[2:] == ["-i", "default"]
+    assert capture.device_list_command("dshow")[-6:] == ["-list_devices", "true", "-f", "dshow", "-i", "dummy"]
+    assert capture.input_args(capture.SourceOptions("-", raw_format="s16le", rate=48000, channels=2)) == [
+        "-f", "s16le", "-ar", "48000", "-ac", "2", "-i", "pipe:0"]
+    assert capture.input_args(capture.SourceOptions("http://host/a.mp3")) == ["-i", "http://host/a.mp3"]
