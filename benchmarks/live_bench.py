@@ -75,7 +75,7 @@ def simultaneous(model, tokenizer, audio, options: LiveOptions, step: float) -> 
 
 
 def quality(task: str, hyps: list[str], refs: list[str], lang: str) -> float:
-    return wer(hyps, refs, lang=lang).wer if task == "asr" else bleu(hyps, refs).score
+    return wer(hyps, refs, lang=lang).wer if task == "asr" else bleu(hyps, refs).bleu
 
 
 def bench_manifest(path: Path, model, tokenizer, settings, args) -> list[dict]:
