@@ -112,4 +112,5 @@ def _root(
 # isort: off
 from fama_cli import transcribe_cmd  # noqa: E402,F401
 from fama_cli import evaluate_cmd, model_cmd, serve_cmd, train_cmd  # noqa: E402,F401
+from fama_cli import live_cmd  # noqa: E402,F401
 # isort: on

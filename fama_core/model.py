@@ -371,13 +371,16 @@ class MultiheadAttention(nn.Module):
         v = self.v_proj(x).view(B, S, self.heads, self.head_dim).transpose(1, 2)
         return k, v
 
-    def attend(self, x: Tensor, k: Tensor | list[Tensor], v: Tensor | list[Tensor], mask: Tensor | None) -> Tensor:
+    def attend(self, x: Tensor, k: Tensor | list[Tensor], v: Tensor | list[Tensor], mask: Tensor | None,
+               weights: list[Tensor] | None = None) -> Tensor:
         """x: B x L x C queries; k, v: B x H x S x D; mask: bool, True = blocked, broadcastable to B x H x L x S.
         k and v may instead be lists of each row's own H x S_b x D (CPU inference, cross-attention; then no mask):
         each row then attends on its own, so that its result never depends on how long the batch's other rows are.
 
         In CPU inference the scores are normalised in float32 from products in the keys' precision (see
-        `DecoderCache` and `init_cache`); elsewhere SDPA."""
+        `DecoderCache` and `init_cache`); elsewhere SDPA. `weights` (a list) asks for the attention weights too:
+        one float32 L x S_b tensor per row, averaged over heads, is appended to it (SDPA gives no weights, so
+        then the explicit products run instead; the other paths only keep what they computed anyway)."""
         B, L, C = x.shape
         q = self.q_proj(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)
         scale = self.head_dim**-0.5  # a power of two: exact on either side of the product
@@ -385,15 +388,20 @@ class MultiheadAttention(nn.Module):
             q = (q.to(k[0].dtype) * scale).contiguous()
             out = q.new_empty(q.shape)
             for b, (keys, values) in enumerate(zip(k, v)):
-                scores = torch.matmul(q[b], keys.transpose(1, 2)).float()
-                out[b] = torch.matmul(torch.softmax(scores, -1).to(values.dtype), values)
+                probs = torch.softmax(torch.matmul(q[b], keys.transpose(1, 2)).float(), -1)
+                out[b] = torch.matmul(probs.to(values.dtype), values)
+                if weights is not None:
+                    weights.append(probs.mean(0))
             out = out.to(x.dtype)
-        elif cpu_inference(x):
+        elif cpu_inference(x) or weights is not None:
             # Explicit products run 5x faster than SDPA's CPU kernel on a decoding step's few queries.
             scores = torch.matmul(q.to(k.dtype) * scale, k.transpose(2, 3)).float()
             if mask is not None:
                 scores.masked_fill_(mask, -math.inf)
-            out = torch.matmul(torch.softmax(scores, -1).to(v.dtype), v).to(x.dtype)
+            probs = torch.softmax(scores, -1)
+            out = torch.matmul(probs.to(v.dtype), v).to(x.dtype)
+            if weights is not None:
+                weights.extend(probs.mean(1).unbind(0))
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=None if mask is None else ~mask, dropout_p=self.dropout if self.training else 0.0
@@ -422,9 +430,10 @@ class TransformerDecoderLayer(nn.Module):
         cross_kv: tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]],
         cross_mask: Tensor | None,
         keep_kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        cross_weights: list[Tensor] | None = None,
     ) -> Tensor:
         """`keep_kv` (incremental decoding) stores this input's self-attention keys/values and returns all of
-        them so far; without it `x` attends to itself.
+        them so far; without it `x` attends to itself. `cross_weights`: see `MultiheadAttention.attend`.
 
         `cross_kv` may hold fewer rows than `x` (one per utterance, with its beams as consecutive rows of x):
         cross-attention queries do not interact, so the beams of an utterance are attended as one sequence.
@@ -437,7 +446,7 @@ class TransformerDecoderLayer(nn.Module):
         N, L, C = x.shape
         U = len(cross_kv[0])
         h = self.encoder_attn_layer_norm(x).reshape(U, N // U * L, C)
-        x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask).view(N, L, C))
+        x = x + self.dropout(self.encoder_attn.attend(h, *cross_kv, cross_mask, cross_weights).view(N, L, C))
         h = self.activation_dropout(F.relu(self.fc1(self.final_layer_norm(x))))
         return x + self.dropout(self.fc2(h))
 
@@ -562,12 +571,19 @@ class TransformerDecoder(nn.Module):
             x = layer(x, mask, layer.encoder_attn.project_kv(enc.out), cross_mask)
         return self.output_projection(self.layer_norm(x))
 
-    def step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
-        """Logits [N, V] for the next token, given the last token of each row [N]; extends `cache` in place."""
+    def step(self, tokens: Tensor, cache: DecoderCache, cross_weights: list[Tensor] | None = None,
+             weights_layer: int = -1) -> Tensor:
+        """Logits [N, V] for the next token, given the last token of each row [N]; extends `cache` in place.
+
+        With `cross_weights` (a list), the cross-attention weights of layer `weights_layer`, averaged over its
+        heads, are appended to it: one float32 [beams, frames] tensor per utterance (simultaneous decoding's
+        policies read them); the other layers run as always."""
         position = cache.steps + 1 + self.padding_idx
         x = self.embed(tokens.unsqueeze(1), torch.full_like(tokens, position).unsqueeze(1), position + 1)
+        pick = weights_layer % len(self.layers)
         for i, layer in enumerate(self.layers):
-            x = layer(x, None, cache.cross[i], cache.cross_mask, functools.partial(cache.keep, i))
+            x = layer(x, None, cache.cross[i], cache.cross_mask, functools.partial(cache.keep, i),
+                      cross_weights if i == pick else None)
         cache.steps += 1
         return self.output_projection(self.layer_norm(x[:, 0]))
 

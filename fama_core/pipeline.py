@@ -43,7 +43,7 @@ from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 log = logging.getLogger(__name__)
 FRAME_SECONDS = 0.04  # one encoder frame
 BLOCK_SECONDS = 30.0  # audio read from ffmpeg at a time
-_SENTENCE_END = re.compile(r"[.!?…]$")
+SENTENCE_END = re.compile(r"[.!?…]$")
 
 
 @dataclass
@@ -288,7 +288,7 @@ def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
         current: list[Word] = []
         for w in words:
             current.append(w)
-            if _SENTENCE_END.search(w.text):
+            if SENTENCE_END.search(w.text):
                 segments.append(_segment(tokenizer, current))
                 current = []
         if current:
