@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from fama_cli.main import app, err, fail, out
 from fama_cli.train_cmd import apply_threads
+from fama_cli.transcribe_cmd import HotwordsFileOpt, HotwordsOpt, HotwordWeightOpt, hotword_terms
 
 
 def _opt(text: str, *names: str) -> typer.Option:
@@ -63,6 +64,9 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)",
                                                 show_default=False)] = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
 ) -> None:
     """Score a model the way papers do: WER/CER (+ raw WER) for ASR, BLEU/chrF (+ signature) for ST.
 
@@ -81,7 +85,8 @@ def eval_cmd(
     if hyp is not None or ref is not None:
         decoding = {"a MANIFEST": manifest, "--model": model, "--to": to, "--beam-size": beam_size,
                     "--ctc-weight": ctc_weight, "--greedy": greedy or None, "--batch-size": batch_size,
-                    "--device": device, "--dtype": dtype}
+                    "--device": device, "--dtype": dtype, "--hotwords": hotwords, "--hotwords-file": hotwords_file,
+                    "--hotword-weight": hotword_weight}
         extra = [name for name, value in decoding.items() if value is not None]
         if extra:
             raise fail(f"--hyp/--ref score existing outputs; {', '.join(extra)} only go with decoding a manifest", 2)
@@ -93,8 +98,11 @@ def eval_cmd(
     else:
         if task == "st" and lang is not None:
             raise fail("--lang is the spoken language for ASR; for --task st give the target with --to", 2)
+        terms = hotword_terms(hotwords, hotwords_file, hotword_weight)
+        if terms and greedy:
+            raise fail("hotwords need the beam search, not --greedy", 2)
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
-                                   batch_size, device, dtype, quiet or as_json)
+                                   batch_size, device, dtype, quiet or as_json, terms)
     _output(result, report, as_json, quiet)
     _exit_code(result, max_wer, min_bleu)
 
@@ -160,7 +168,7 @@ def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
 
 def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lang: str | None,
                       beam_size: int | None, ctc_weight: float | None, greedy: bool, batch_size: int | None,
-                      device: str | None, dtype: str | None, quiet: bool):
+                      device: str | None, dtype: str | None, quiet: bool, hotwords: tuple = ()):
     from fama_core.checkpoints import DTYPES, CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, evaluate, plan
@@ -174,7 +182,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
         raise fail("--beam-size and --batch-size must be at least 1", 2)
     if ctc_weight is not None and not 0.0 <= ctc_weight <= 1.0:
         raise fail("--ctc-weight must be between 0 and 1", 2)
-    decode = DecodeOptions(greedy=greedy)
+    decode = DecodeOptions(greedy=greedy, hotwords=hotwords)
     if beam_size is not None:
         decode.beam_size = beam_size
     if ctc_weight is not None:

@@ -69,6 +69,13 @@ LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Nev
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
+HotwordsOpt = Annotated[str | None, typer.Option("--hotwords", help='Terms to favour (names, jargon), comma-'
+                                             'separated: "FBK, Trento, Bentivogli"', show_default=False)]
+HotwordsFileOpt = Annotated[str | None, typer.Option("--hotwords-file", help="Terms to favour, one per line, "
+                                                     "optionally term<TAB>weight", show_default=False)]
+HotwordWeightOpt = Annotated[float | None, typer.Option("--hotword-weight", help="Bonus per token of a term that "
+                                                        "has no weight of its own (default 1.5; up to 20)",
+                                                        show_default=False)]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
                                                    "or ray://HOST:PORT")]
 
@@ -117,16 +124,37 @@ def set_threads(threads: int | None) -> None:
         pass
 
 
+def hotword_terms(hotwords: str | None, hotwords_file: str | None, weight: float | None = None) -> tuple:
+    """The terms of --hotwords and --hotwords-file (`hotwords.Hotword`s); a bad value exits 2 with one line,
+    before the model loads."""
+    from fama_core.hotwords import DEFAULT_WEIGHT, Hotword, parse_hotwords, read_hotwords_file
+
+    if weight is not None:
+        try:
+            Hotword("x", weight)
+        except ValueError as e:
+            raise fail(f"--hotword-weight: {e}", 2) from None
+        if hotwords is None and hotwords_file is None:
+            raise fail("--hotword-weight goes with --hotwords or --hotwords-file", 2)
+    default = DEFAULT_WEIGHT if weight is None else weight
+    terms = []
+    if hotwords is not None:
+        terms += _usage(parse_hotwords, hotwords, default)
+    if hotwords_file is not None:
+        terms += _usage(read_hotwords_file, hotwords_file, default)
+    return tuple(terms)
+
+
 def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
                     greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
-                    detect_source: bool = True) -> TranscribeOptions:
+                    detect_source: bool = True, hotwords: tuple = ()) -> TranscribeOptions:
     """The library's options, checked by the library (what needs the model is checked once it is loaded)."""
     from fama_core.decoding import DecodeOptions
     from fama_core.pipeline import TranscribeOptions, check_options
     from fama_core.vad import VadOptions
 
     decode = DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
-                           greedy=greedy, max_len_b=max_tokens)
+                           greedy=greedy, max_len_b=max_tokens, hotwords=hotwords)
     options = TranscribeOptions(task=task, language=language, decode=decode,
                                 vad=_usage(VadOptions, max_chunk_s=max_chunk_seconds), batch_size=batch_size,
                                 detect_source=detect_source)
@@ -413,6 +441,9 @@ def transcribe(
     quiet: QuietOpt = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
@@ -421,15 +452,17 @@ def transcribe(
         raise fail(f"--task must be transcribe or translate, not {task!r}", 2)
     if to is not None and task != "translate":
         raise fail("--to goes with --task translate (or use fama translate)", 2)
+    terms = hotword_terms(hotwords, hotwords_file, hotword_weight)
     if task == "translate":
         target = _target(to or "en", lang)
         options = decode_options("translate", target, detect_source=lang == "auto", beam_size=beam_size,
                                   ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
-                                  max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                                  max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds,
+                                  hotwords=terms)
     else:
         options = decode_options("transcribe", lang, beam_size=beam_size, ctc_weight=ctc_weight,
                                   no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
-                                  batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                                  batch_size=batch_size, max_chunk_seconds=max_chunk_seconds, hotwords=terms)
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
@@ -482,13 +515,17 @@ def translate(
     quiet: QuietOpt = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
         raise fail(f"--lang must be en, it or auto, not {lang!r}", 2)
     options = decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
                               ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
-                              max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                              max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds,
+                              hotwords=hotword_terms(hotwords, hotwords_file, hotword_weight))
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,

@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 
 from .audio import AudioError, stream_audio
 from .checkpoints import load_model
-from .decoding import DecodeOptions, decode_encoded, forced_align
+from .decoding import DecodeOptions, decode_encoded, forced_align, with_hotword_spellings
 from .features import SAMPLE_RATE, compute_features
+from .hotwords import Hotword, restore_spelling
 from .inputs import InputFile
 from .model import FamaModel, length_groups
 from .precision import precision_of
@@ -207,8 +208,10 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
-                  results: list[tuple[list[int], list[tuple[int, int]]]]) -> list[Segment]:
-    """Timed words from tokens and their frames, split into segments at sentence ends, within each chunk."""
+                  results: list[tuple[list[int], list[tuple[int, int]]]],
+                  hotwords: Sequence[Hotword] = ()) -> list[Segment]:
+    """Timed words from tokens and their frames, split into segments at sentence ends, within each chunk;
+    hotwords are spelled as given (`hotwords.restore_spelling`)."""
     specials = {tokenizer.bos, tokenizer.pad, tokenizer.eos, tokenizer.unk, tokenizer.blank}
     specials |= {tokenizer.lang_tag_id(lang) for lang in tokenizer.languages}
     segments = []
@@ -225,6 +228,9 @@ def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
                 ids, s, _ = groups[-1]
                 groups[-1] = (ids + [tok], s, t1)
         words = [Word(s, e, text) for ids, s, e in groups if (text := tokenizer.decode(ids))]
+        if hotwords:
+            for w, text in zip(words, restore_spelling([w.text for w in words], hotwords)):
+                w.text = text
         current: list[Word] = []
         for w in words:
             current.append(w)
@@ -340,6 +346,7 @@ def check_options(options: TranscribeOptions, model: FamaModel | None = None,
         (d.max_len_b >= 1, f"max tokens must be at least 1, not {d.max_len_b}"),
         (d.no_repeat_ngram_size >= 0, f"no-repeat n-gram size must be 0 (off) or more, not {d.no_repeat_ngram_size}"),
         (0.0 <= d.ctc_weight <= 1.0, f"CTC weight must be between 0 and 1, not {d.ctc_weight}"),
+        (not (d.hotwords and d.greedy), "hotwords need the beam search, not greedy CTC"),
         (1.0 <= o.vad.max_chunk_s <= 120.0, f"max chunk seconds must be between 1 and 120, not {o.vad.max_chunk_s}"),
         (o.batch_size >= 1, f"batch size must be at least 1, not {o.batch_size}"),
         (o.batch_seconds > 0 and o.pool_seconds > 0, "batch_seconds and pool_seconds must be positive"),
@@ -371,6 +378,7 @@ class Pipeline:
         """
         self.options = options or TranscribeOptions()
         check_options(self.options, model, tokenizer)
+        self.options = dataclasses.replace(self.options, decode=with_hotword_spellings(self.options.decode, tokenizer))
         self.model, self.tokenizer = model, tokenizer
         if devices and torch.device(devices[0]) != model.device:
             model.to(devices[0])
@@ -613,13 +621,15 @@ class Pipeline:
             return FileResult(f.item, error=f.error, seconds=seconds)
         o = self.options
         order = sorted(range(len(f.chunks)), key=lambda c: f.chunks[c][0])
-        segments = make_segments(self.tokenizer, [f.chunks[c] for c in order], [f.results[c] for c in order])
+        segments = make_segments(self.tokenizer, [f.chunks[c] for c in order], [f.results[c] for c in order],
+                                 o.decode.hotwords)
         language = f.language or (o.language if o.language != "auto" else None)
         if o.task == "translate":
             source = f.detected or next((lang for lang in self.tokenizer.languages if lang != o.language), None)
         else:
             source = language
-        options = {"task": o.task, "language": o.language, **dataclasses.asdict(o.decode),
+        decode = {k: v for k, v in dataclasses.asdict(o.decode).items() if k != "hotword_spellings"}
+        options = {"task": o.task, "language": o.language, **decode,
                    "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size,
                    "precision": precision_of(self.model)}
         if f.detect_scores:
