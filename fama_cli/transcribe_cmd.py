@@ -39,8 +39,8 @@ OutputDir = Annotated[str | None, typer.Option("--output-dir", "--output_dir", "
                                                help="Folder for the outputs (default: beside each input); - writes "
                                                     "the one chosen format to stdout")]
 Formats = Annotated[list[str] | None, typer.Option("--format", "--output_format", "-f",
-                                                   help="txt, srt, vtt, tsv, json or all; repeatable or "
-                                                        "comma-separated")]
+                                                   help="txt, srt, vtt, tsv, json, ass (karaoke) or all (all but "
+                                                        "ass); repeatable or comma-separated")]
 TxtOpt = Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")]
 SrtOpt = Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")]
 VttOpt = Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")]
@@ -69,6 +69,10 @@ LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Nev
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
+HighlightWordsOpt = Annotated[bool, typer.Option("--highlight-words", help="SRT/VTT: underline each word as it is "
+                                                                        "spoken (karaoke style)")]
+MarkBelowOpt = Annotated[float | None, typer.Option("--mark-below", help="SRT/VTT/ASS: words whose probability is "
+                                                    "below this (0-1) in italics", show_default=False)]
 HotwordsOpt = Annotated[str | None, typer.Option("--hotwords", help='Terms to favour (names, jargon), comma-'
                                              'separated: "FBK, Trento, Bentivogli"', show_default=False)]
 HotwordsFileOpt = Annotated[str | None, typer.Option("--hotwords-file", help="Terms to favour, one per line, "
@@ -163,17 +167,18 @@ def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: floa
 
 
 def subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
-                      max_cps: float) -> SubtitleOptions:
+                      max_cps: float, highlight_words: bool = False,
+                      mark_below: float | None = None) -> SubtitleOptions:
     from fama_core.subtitles import SubtitleOptions
 
     try:
         return SubtitleOptions(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
-                               max_cps=max_cps)
+                               max_cps=max_cps, highlight_words=highlight_words, mark_below=mark_below)
     except ValueError as e:  # the library names its fields; say which option
         message = str(e)
         for field, flag in (("max_duration", "--max-cue-seconds"), ("min_cue_seconds", "--min-cue-seconds"),
                             ("max_cps", "--max-cps"), ("max_line_width", "--max-line-width"),
-                            ("max_line_count", "--max-line-count")):
+                            ("max_line_count", "--max-line-count"), ("mark_below", "--mark-below")):
             message = message.replace(field, flag)
         raise fail(message, 2) from None
 
@@ -444,6 +449,8 @@ def transcribe(
     hotwords: HotwordsOpt = None,
     hotwords_file: HotwordsFileOpt = None,
     hotword_weight: HotwordWeightOpt = None,
+    highlight_words: HighlightWordsOpt = False,
+    mark_below: MarkBelowOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
@@ -466,7 +473,7 @@ def transcribe(
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
-                                                  max_cps),
+                                                  max_cps, highlight_words, mark_below),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)
 
@@ -518,6 +525,8 @@ def translate(
     hotwords: HotwordsOpt = None,
     hotwords_file: HotwordsFileOpt = None,
     hotword_weight: HotwordWeightOpt = None,
+    highlight_words: HighlightWordsOpt = False,
+    mark_below: MarkBelowOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     if lang not in (*LANGUAGES, "auto"):
@@ -529,6 +538,6 @@ def translate(
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
-                                                  max_cps),
+                                                  max_cps, highlight_words, mark_below),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)

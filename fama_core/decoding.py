@@ -54,6 +54,8 @@ class Hypothesis:
     tokens: list[int]  # output tokens, without the language tag and </s>
     score: float  # fairseq's score: sum of token_scores / len(token_scores) ** len_penalty
     token_scores: list[float] = field(default_factory=list)  # language tag, each token, </s>
+    # the attention decoder's own log-probability of each of them (no CTC, no rule, no bonus): word confidence
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 def with_hotword_spellings(options: DecodeOptions, tokenizer) -> DecodeOptions:
@@ -332,10 +334,12 @@ class _State:
 
     tokens: Tensor  # N x (L+2): </s>, language tag, tokens; column `step` is the last token at step `step`
     cum: Tensor  # N x (L+1) cumulative scores
+    att: Tensor  # N x (L+1) the decoder's log-probability of each token
     done: Tensor  # B: utterance complete; its rows keep running, masked
     failed: Tensor  # B: CTC pruning could not prove a step's candidates exact (the utterance is redone)
     fin_tokens: Tensor  # B x (k+1) x (L+2); slot k takes the writes that are masked out
     fin_cum: Tensor  # B x (k+1) x (L+1)
+    fin_att: Tensor  # B x (k+1) x (L+1)
     fin_eos: Tensor  # B x (k+1): score of the </s> candidate
     fin_norm: Tensor  # B x (k+1): length-normalised score
     fin_step: Tensor  # B x (k+1)
@@ -349,7 +353,7 @@ class _State:
         """Only these utterances (and their hypothesis rows) go on."""
         for name, value in vars(self).items():
             if value is not None:
-                per_row = name in ("tokens", "cum", "r_n", "r_b", "psi_prev", "psi_prev64")
+                per_row = name in ("tokens", "cum", "att", "r_n", "r_b", "psi_prev", "psi_prev64")
                 setattr(self, name, value[rows if per_row else utts])
 
 
@@ -459,10 +463,12 @@ class BeamSearch:
         return _State(
             tokens=torch.full((B * k, L + 2), self.eos, dtype=torch.long, device=device),
             cum=torch.zeros(B * k, L + 1, device=device),
+            att=torch.zeros(B * k, L + 1, device=device),
             done=torch.zeros(B, dtype=torch.bool, device=device),
             failed=torch.zeros(B, dtype=torch.bool, device=device),
             fin_tokens=torch.zeros(B, k + 1, L + 2, dtype=torch.long, device=device),
             fin_cum=torch.zeros(B, k + 1, L + 1, device=device),
+            fin_att=torch.zeros(B, k + 1, L + 1, device=device),
             fin_eos=torch.zeros(B, k + 1, device=device),
             fin_norm=torch.zeros(B, k + 1, device=device),
             fin_step=torch.zeros(B, k + 1, dtype=torch.long, device=device),
@@ -473,7 +479,7 @@ class BeamSearch:
         """The search's part of a step, for every row, given the decoder's `logits`; reads no value back from
         the device."""
         k, V = self.opt.beam_size, self.vocab
-        lprobs = F.log_softmax(logits.float(), -1)
+        lprobs = raw = F.log_softmax(logits.float(), -1)
         B = lprobs.shape[0] // k
         psi = None
         if step == 0:
@@ -498,7 +504,8 @@ class BeamSearch:
         cand_tokens = cand_flat % V
         cand_rows = cand_beams + torch.arange(B, device=lprobs.device)[:, None] * k
         eos_mask = cand_tokens.eq(self.eos) & cand_scores.ne(-math.inf)
-        self._finalize(st, ctx, step, eos_mask[:, :k], cand_rows[:, :k], cand_scores[:, :k])
+        self._finalize(st, ctx, step, eos_mask[:, :k], cand_rows[:, :k], cand_scores[:, :k],
+                       raw[cand_rows[:, :k], self.eos])
         # Survivors: the first k candidates that are not </s>, in rank order.
         order = eos_mask.long() * (2 * k) + torch.arange(cand_scores.shape[1], device=lprobs.device)[None, :]
         active = torch.topk(order, k=k, dim=1, largest=False).indices
@@ -517,6 +524,9 @@ class BeamSearch:
         if step > 0:
             st.cum[:, :step] = st.cum[sel_rows, :step]
         st.cum[:, step] = sel_scores
+        if step > 0:
+            st.att[:, :step] = st.att[sel_rows, :step]
+        st.att[:, step] = raw[sel_rows, sel_tokens]
         for p in ctx.processors:
             p.advance(sel_rows, sel_tokens)
         ctx.cache.reorder(sel_rows)
@@ -572,7 +582,7 @@ class BeamSearch:
         return lprobs
 
     def _finalize(self, st: _State, ctx: _Context, step: int, eos_first: Tensor, rows: Tensor,
-                  scores: Tensor) -> None:
+                  scores: Tensor, eos_att: Tensor) -> None:
         """Store the hypotheses that end with </s> among the first k candidates (at most k per utterance, in
         rank order), and mark the utterances now complete."""
         k = self.opt.beam_size
@@ -584,6 +594,8 @@ class BeamSearch:
         utt = torch.arange(B, device=slot.device)[:, None].expand(B, k)
         st.fin_tokens[utt, slot] = st.tokens[rows]
         st.fin_cum[utt, slot] = st.cum[rows]
+        st.fin_att[utt, slot] = st.att[rows]
+        st.fin_att[utt, slot, step] = eos_att
         st.fin_eos[utt, slot] = scores
         st.fin_norm[utt, slot] = scores / (step + 1) ** self.opt.len_penalty
         st.fin_step[utt, slot] = step
@@ -601,9 +613,11 @@ class BeamSearch:
         pos[:, :, 1:] = pos[:, :, 1:] - pos[:, :, :-1].clone()
         counts, steps = st.fin_count[pick].tolist(), fin_step.tolist()
         tokens, pos_l, norm = st.fin_tokens[pick].tolist(), pos.tolist(), st.fin_norm[pick].tolist()
+        att = st.fin_att[pick].tolist()
         out = []
         for b in range(B):
-            hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1])
+            hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1],
+                               att[b][j][:steps[b][j] + 1])
                     for j in range(min(counts[b], slots - 1))]
             hyps.sort(key=lambda h: -h.score)
             out.append(hyps[: max(1, self.opt.nbest)])

@@ -35,7 +35,7 @@ from .hotwords import Hotword, restore_spelling
 from .inputs import InputFile
 from .model import FamaModel, length_groups
 from .precision import precision_of
-from .subtitles import Segment, Transcript, Word
+from .subtitles import Segment, Transcript, Word, compression_ratio
 from .tokenizer import Tokenizer
 from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 
@@ -119,17 +119,44 @@ def _features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tenso
     return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(model.dtype), lengths
 
 
+@dataclass
+class ChunkScores:
+    """How sure the model is of a chunk's tokens."""
+
+    logprobs: list[float] | None  # the decoder's log-probability of each token (None: greedy CTC, no decoder)
+    ctc: list[float]  # each token's mean CTC posterior over the frames it is aligned to
+    no_speech: float  # CTC probability that the chunk holds no token at all (every frame blank)
+
+
+def chunk_scores(log_probs: torch.Tensor, length: int, tokens: list[int], spans: list[tuple[int, int]],
+                 blank: int, logprobs: list[float] | None) -> ChunkScores:
+    """`ChunkScores` of one chunk from its CTC log-posteriors [T, V] and its aligned tokens."""
+    frames = log_probs[:length]
+    no_speech = float(frames[:, blank].double().sum().exp())
+    if not tokens:
+        return ChunkScores(logprobs, [], no_speech)
+    post = frames[:, torch.tensor(tokens, device=frames.device)].exp().T.cpu()  # U x T
+    ctc = [float(post[u, a:b + 1].mean()) for u, (a, b) in enumerate(spans)]
+    return ChunkScores(logprobs, ctc, no_speech)
+
+
 @torch.no_grad()
 def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int],
-                  options: DecodeOptions) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms."""
+                  options: DecodeOptions) -> list[tuple[list[int], list[tuple[int, int]], ChunkScores]]:
+    """Tokens, their (first, last) encoder frames and their scores for a batch of 16 kHz waveforms."""
     feats, lengths = _features(audios, model)
     enc = model.encode(feats, lengths)
     langs = torch.tensor(lang_ids, device=model.device)
-    tokens = [h[0].tokens if h else [] for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
+    best = [h[0] if h else None for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
+    tokens = [h.tokens if h else [] for h in best]
     log_probs = F.log_softmax(model.ctc_logits(enc, langs).float(), dim=-1)
     spans = forced_align(log_probs, enc.lengths, tokens, model.cfg.blank)
-    return list(zip(tokens, spans))
+    out = []
+    for b, (h, toks, sp) in enumerate(zip(best, tokens, spans)):
+        # the decoder's scores: the language tag first, </s> last
+        logprobs = h.token_logprobs[1:1 + len(toks)] if h is not None and h.token_logprobs else None
+        out.append((toks, sp, chunk_scores(log_probs[b], int(enc.lengths[b]), toks, sp, model.cfg.blank, logprobs)))
+    return out
 
 
 @torch.no_grad()
@@ -215,35 +242,53 @@ def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
     specials = {tokenizer.bos, tokenizer.pad, tokenizer.eos, tokenizer.unk, tokenizer.blank}
     specials |= {tokenizer.lang_tag_id(lang) for lang in tokenizer.languages}
     segments = []
-    for (c_start, c_end), (tokens, spans) in zip(chunks, results):
-        groups: list[tuple[list[int], float, float]] = []  # word tokens, start, end
-        for tok, (first, last) in zip(tokens, spans):
+    for (c_start, c_end), result in zip(chunks, results):
+        tokens, spans = result[0], result[1]
+        scores: ChunkScores | None = result[2] if len(result) > 2 else None
+        groups: list[tuple[list[int], float, float]] = []  # positions of the word's tokens, start, end
+        for u, (tok, (first, last)) in enumerate(zip(tokens, spans)):
             if tok in specials:
                 continue
             t0 = min(c_start + first * FRAME_SECONDS, c_end)
             t1 = min(c_start + (last + 1) * FRAME_SECONDS, c_end)
             if not groups or tokenizer.id_to_piece(tok).startswith("\u2581"):
-                groups.append(([tok], t0, t1))
+                groups.append(([u], t0, t1))
             else:
-                ids, s, _ = groups[-1]
-                groups[-1] = (ids + [tok], s, t1)
-        words = [Word(s, e, text) for ids, s, e in groups if (text := tokenizer.decode(ids))]
+                pos, s, _ = groups[-1]
+                groups[-1] = (pos + [u], s, t1)
+        words, positions = [], []
+        for pos, s, e in groups:
+            if text := tokenizer.decode(tokens[u] for u in pos):
+                words.append(_word(s, e, text, pos, scores))
+                positions.append(pos)
         if hotwords:
             for w, text in zip(words, restore_spelling([w.text for w in words], hotwords)):
                 w.text = text
-        current: list[Word] = []
-        for w in words:
-            current.append(w)
-            if _SENTENCE_END.search(w.text):
-                segments.append(_segment(tokenizer, current))
-                current = []
-        if current:
-            segments.append(_segment(tokenizer, current))
+        first = 0
+        for n, w in enumerate(words):
+            if _SENTENCE_END.search(w.text) or n == len(words) - 1:
+                segments.append(_segment(words[first:n + 1], [u for p in positions[first:n + 1] for u in p], scores))
+                first = n + 1
     return segments
 
 
-def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
-    return Segment(words[0].start, words[-1].end, " ".join(w.text for w in words), words)
+def _word(start: float, end: float, text: str, pos: list[int], scores: ChunkScores | None) -> Word:
+    """A word, with its confidence when the chunk has scores: the mean decoder probability of its tokens
+    (as whisper's word probability) and their mean CTC posterior on their aligned frames."""
+    if scores is None:
+        return Word(start, end, text)
+    probability = None if scores.logprobs is None else sum(math.exp(scores.logprobs[u]) for u in pos) / len(pos)
+    return Word(start, end, text, probability, sum(scores.ctc[u] for u in pos) / len(pos))
+
+
+def _segment(words: list[Word], pos: list[int], scores: ChunkScores | None) -> Segment:
+    text = " ".join(w.text for w in words)
+    seg = Segment(words[0].start, words[-1].end, text, words, compression_ratio=compression_ratio(text))
+    if scores is not None:
+        if scores.logprobs is not None:
+            seg.avg_logprob = sum(scores.logprobs[u] for u in pos) / len(pos)
+        seg.no_speech_prob = scores.no_speech
+    return seg
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
