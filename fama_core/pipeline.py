@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -119,9 +119,8 @@ def _features(audios: list[torch.Tensor], model: FamaModel) -> tuple[torch.Tenso
     return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(model.dtype), lengths
 
 
-@dataclass
-class ChunkScores:
-    """How sure the model is of a chunk's tokens."""
+class ChunkScores(NamedTuple):
+    """How sure the model is of a chunk's tokens (a tuple: results cross processes as JSON, see cluster.py)."""
 
     logprobs: list[float] | None  # the decoder's log-probability of each token (None: greedy CTC, no decoder)
     ctc: list[float]  # each token's mean CTC posterior over the frames it is aligned to
@@ -244,7 +243,7 @@ def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
     segments = []
     for (c_start, c_end), result in zip(chunks, results):
         tokens, spans = result[0], result[1]
-        scores: ChunkScores | None = result[2] if len(result) > 2 else None
+        scores = ChunkScores(*result[2]) if len(result) > 2 and result[2] is not None else None
         groups: list[tuple[list[int], float, float]] = []  # positions of the word's tokens, start, end
         for u, (tok, (first, last)) in enumerate(zip(tokens, spans)):
             if tok in specials:

@@ -135,3 +135,16 @@ def test_cli_ass_highlight_and_mark_below(tmp_path):
 def test_bad_mark_below_exits_2_before_the_model_loads(tmp_path):
     code, out, err = run("transcribe", BAG, "--model", tmp_path / "none", "--mark-below", "1.5")
     assert (code, err.strip()) == (2, "error: --mark-below must be between 0 and 1, not 1.5")
+
+
+def test_scores_survive_the_json_results_of_ray_workers():
+    from fama_core.pipeline import make_segments
+    from fama_core.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_folder(MODEL)
+    ids = tok.encode("Your bag is yellow.")
+    result = (ids, [(i, i) for i in range(len(ids))], ChunkScores([-0.1] * len(ids), [0.9] * len(ids), 0.001))
+    local = make_segments(tok, [(0.0, 3.0)], [result])
+    assert make_segments(tok, [(0.0, 3.0)], [tuple(json.loads(json.dumps(result)))]) == local
+    assert local[0].words[0].ctc_probability == 0.9 and local[0].no_speech_prob == 0.001
+    assert math.isclose(local[0].words[0].probability, math.exp(-0.1))
