@@ -110,12 +110,12 @@ def make_data(per_name: int, seed: int) -> list[tuple[str, str | None, object]]:
     return [(t, n, speak(t, rng.choice(VOICES), rng.randint(140, 170))) for t, n in items]
 
 
-def decode(pair, audios: list, hotwords: tuple, weight: float) -> list:
+def decode(pair, audios: list, hotwords: tuple, weight: float, term_ctc_weight: float = 1.0) -> list:
     import fama_core
     from fama_core.hotwords import Hotword
 
     terms = tuple(Hotword(t, weight) for t in hotwords) if weight > 0 else ()
-    return fama_core.transcribe(audios, pair, language="en", hotwords=terms)
+    return fama_core.transcribe(audios, pair, language="en", hotwords=terms, hotword_ctc_weight=term_ctc_weight)
 
 
 def hotword_figures(data: list, texts: list[str]) -> dict:
@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--model", default="fama-demo")
     ap.add_argument("--per-name", type=int, default=6, help="utterances per name (as many controls in all)")
     ap.add_argument("--weights", default="0,3,6,9", help="bonus per token; 0 = no hotwords")
+    ap.add_argument("--term-ctc-weights", default="1", help="CTC weights of boosted tokens (DecodeOptions."
+                    "hotword_ctc_weight), each with every weight")
+    ap.add_argument("--no-cost", action="store_true", help="skip the cost measurement")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -202,21 +205,21 @@ def main() -> None:
           f"{sum(len(a) for a in audios) / 16000:.0f} s of speech, made in {time.perf_counter() - t0:.0f} s")
     weights = [float(w) for w in args.weights.split(",")]
     print("hotwords (all NAMES boosted):")
-    print("  weight  recall %  false alarms/100 utt  WER controls %  WER name sentences w/o name %")
-    for w in weights:
-        ts = decode(pair, audios, tuple(NAMES), w)
-        f = hotword_figures(data, [t.text for t in ts])
-        print(f"  {w:6g}  {f['recall']:8.1f}  {f['false_alarms_per_100']:20.1f}  {f['wer_controls']:14.1f}  "
-              f"{f['wer_name_sentences_without_name']:29.1f}")
-        if w == 0:
-            c = confidence_figures(data, ts)
+    print("  weight  term CTC weight  recall %  false alarms/100 utt  WER controls %  WER name sentences w/o name %")
+    c = confidence_figures(data, decode(pair, audios, (), 0))
+    for tw in (float(x) for x in args.term_ctc_weights.split(",")):
+        for w in weights:
+            ts = decode(pair, audios, tuple(NAMES), w, tw)
+            f = hotword_figures(data, [t.text for t in ts])
+            print(f"  {w:6g}  {tw:15g}  {f['recall']:8.1f}  {f['false_alarms_per_100']:20.1f}  "
+                  f"{f['wer_controls']:14.1f}  {f['wer_name_sentences_without_name']:29.1f}")
     print(f"confidence (no hotwords): {c['words']} words, {c['wrong']} wrong")
     print(f"  ECE probability {c['ece_probability']:.3f}, ctc_probability {c['ece_ctc_probability']:.3f}")
     print(f"  AUROC of wrong words: probability {c['auroc_probability']:.3f}, ctc_probability "
           f"{c['auroc_ctc_probability']:.3f}, product {c['auroc_product']:.3f}")
     # the graph's own cost at a weight too small to change a hypothesis, then at the largest weight, where the
     # search itself changes (other hypotheses, more CTC candidates scored when bonuses lift their bounds)
-    for w_cost in (0.001, max(weights) or 1.5):
+    for w_cost in () if args.no_cost else (0.001, max(weights) or 1.5):
         none, hundred = cost(pair, audios, w_cost)
         print(f"cost, weight {w_cost:g}: decode_chunks (encoder, beam, alignment) of all {len(audios)} utterances "
               f"in batches of 16: no term {none:.2f} s, 100 terms {hundred:.2f} s: x{hundred / none:.3f} "
