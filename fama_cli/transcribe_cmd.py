@@ -22,6 +22,7 @@ from rich.markup import escape
 from fama_cli.main import app, err, fail
 
 if TYPE_CHECKING:
+    from fama_core.hotwords import Hotword
     from fama_core.model import FamaModel
     from fama_core.outputs import OutputPlan
     from fama_core.pipeline import FileResult, Pipeline, RunProgress, TranscribeOptions
@@ -128,7 +129,7 @@ def set_threads(threads: int | None) -> None:
         pass
 
 
-def hotword_terms(hotwords: str | None, hotwords_file: str | None, weight: float | None = None) -> tuple:
+def hotword_terms(hotwords: str | None, hotwords_file: str | None, weight: float | None = None) -> tuple[Hotword, ...]:
     """The terms of --hotwords and --hotwords-file (`hotwords.Hotword`s); a bad value exits 2 with one line,
     before the model loads."""
     from fama_core.hotwords import DEFAULT_WEIGHT, Hotword, parse_hotwords, read_hotwords_file
@@ -151,7 +152,7 @@ def hotword_terms(hotwords: str | None, hotwords_file: str | None, weight: float
 
 def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
                     greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
-                    detect_source: bool = True, hotwords: tuple = ()) -> TranscribeOptions:
+                    detect_source: bool = True, hotwords: tuple[Hotword, ...] = ()) -> TranscribeOptions:
     """The library's options, checked by the library (what needs the model is checked once it is loaded)."""
     from fama_core.decoding import DecodeOptions
     from fama_core.pipeline import TranscribeOptions, check_options

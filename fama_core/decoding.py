@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .hotwords import Hotword, SpelledHotwords, context_graph
+from .hotwords import ContextGraph, Hotword, SpelledHotwords, context_graph
 from .model import DecoderCache, EncoderOutput, FamaModel
-from .tokenizer import UNK
+from .tokenizer import UNK, Tokenizer
 
 CTC_MINUS_INF = -1e20  # FBK's scorer uses this finite value; it decides when </s> is forced
 
@@ -58,7 +58,7 @@ class Hypothesis:
     token_logprobs: list[float] = field(default_factory=list)
 
 
-def with_hotword_spellings(options: DecodeOptions, tokenizer) -> DecodeOptions:
+def with_hotword_spellings(options: DecodeOptions, tokenizer: Tokenizer) -> DecodeOptions:
     """`options` with its hotwords (Hotword or plain terms) spelled for `tokenizer` (ValueError for a bad term)."""
     if not options.hotwords:
         return dataclasses.replace(options, hotwords=(), hotword_spellings=None)
@@ -286,7 +286,7 @@ class HotwordBoost(LogitProcessor):
     """Adds each token's context-graph bonus (`hotwords.ContextGraph`) for the row's place in the graph; the
     joint CTC score is added to the result, so a term the audio does not support still falls."""
 
-    def __init__(self, graph, ctc_weight: float = 0.0, term_ctc_weight: float = 1.0):
+    def __init__(self, graph: ContextGraph, ctc_weight: float = 0.0, term_ctc_weight: float = 1.0):
         self.graph = graph
         # a token that follows a term counts its CTC change at `term_ctc_weight` instead of the search's weight:
         # the bonus is paid for with the audio's own evidence for the token

@@ -20,9 +20,13 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 DEFAULT_WEIGHT = 1.5  # bonus per token of a term, in log-probability units (icefall's default context score)
 MAX_WEIGHT = 20.0  # a larger bonus would outweigh any acoustic evidence
@@ -106,7 +110,7 @@ def _continuation_processor(model_path: str):
     return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
 
 
-def spellings(text: str, tokenizer) -> list[tuple[int, ...]]:
+def spellings(text: str, tokenizer: Tokenizer) -> list[tuple[int, ...]]:
     """Every token sequence the model may write for `text`: each case variant, starting a word and (when the
     model allows it) continuing one; sequences with `<unk>` are left out."""
     inner = _continuation_processor(str(tokenizer.model_path))
@@ -194,7 +198,7 @@ class SpelledHotwords:
     terms: tuple[tuple[tuple[int, ...], float], ...]
 
     @classmethod
-    def of(cls, hotwords: Iterable[Hotword], tokenizer) -> SpelledHotwords:
+    def of(cls, hotwords: Iterable[Hotword], tokenizer: Tokenizer) -> SpelledHotwords:
         return cls(tuple((seq, h.weight) for h in hotwords for seq in spellings(h.text, tokenizer)))
 
 
