@@ -44,8 +44,9 @@ class DecodeOptions:
     nbest: int = 1
     greedy: bool = False  # greedy CTC from the top CTC head: fastest, no attention decoder
     max_target_positions: int | None = None  # default: the model's
-    hotwords: tuple[Hotword, ...] = ()  # terms to favour (hotwords.Hotword); spelled for the model's tokenizer:
-    hotword_spellings: SpelledHotwords | None = None  # `SpelledHotwords.of(hotwords, tokenizer)`, what the search reads
+    hotwords: tuple[Hotword, ...] = ()  # terms to favour (hotwords.Hotword, or plain strings: default weight)
+    # what the search reads: the terms spelled for the model's tokenizer (`with_hotword_spellings`; Pipeline does it)
+    hotword_spellings: SpelledHotwords | None = None
     hotword_ctc_weight: float = 1.0  # CTC weight of a token that earns a hotword bonus (>= ctc_weight)
 
 
