@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from fama_cli.main import app, err, fail, out, set_threads
+from fama_cli.transcribe_cmd import HotwordsFileOpt, HotwordsOpt, HotwordWeightOpt, hotword_terms
 
 
 def _opt(text: str, *names: str) -> typer.Option:
@@ -67,6 +68,9 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)",
                                                 show_default=False)] = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
 ) -> None:
     """Score a model the way papers do: WER/CER (+ raw WER) for ASR, BLEU/chrF (+ signature) for ST.
 
@@ -83,7 +87,8 @@ def eval_cmd(
     if hyp is not None or ref is not None:
         decoding = {"a MANIFEST": manifest, "--model": model, "--to": to, "--beam-size": beam_size,
                     "--ctc-weight": ctc_weight, "--greedy": greedy or None, "--batch-size": batch_size,
-                    "--device": device, "--dtype": dtype}
+                    "--device": device, "--dtype": dtype, "--hotwords": hotwords, "--hotwords-file": hotwords_file,
+                    "--hotword-weight": hotword_weight}
         extra = [name for name, value in decoding.items() if value is not None]
         if extra:
             raise fail(f"--hyp/--ref score existing outputs; {', '.join(extra)} only go with decoding a manifest", 2)
@@ -96,9 +101,12 @@ def eval_cmd(
     else:
         if task == "st" and lang is not None:
             raise fail("--lang is the spoken language for ASR; for --task st give the target with --to", 2)
+        terms = hotword_terms(hotwords, hotwords_file, hotword_weight)
+        if terms and greedy:
+            raise fail("hotwords need the beam search, not --greedy", 2)
         result = _decode_and_score(manifest, model or "fama-small", task, to, lang, beam_size, ctc_weight, greedy,
                                    batch_size, device, dtype, quiet or as_json,
-                                   lambda audio: _check_report(report, [manifest, *audio], overwrite))
+                                   lambda audio: _check_report(report, [manifest, *audio], overwrite), terms)
     _print_failed(getattr(result, "failed", []))
     _output(result, report, as_json, quiet, overwrite)
     _exit_code(result, max_wer, min_bleu)
@@ -166,7 +174,8 @@ def _score_files(hyp: Path, ref: Path, task: str, lang: str | None):
 
 def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lang: str | None,
                       beam_size: int | None, ctc_weight: float | None, greedy: bool, batch_size: int | None,
-                      device: str | None, dtype: str | None, quiet: bool, check_report: Callable[[list], None]):
+                      device: str | None, dtype: str | None, quiet: bool, check_report: Callable[[list], None],
+                      hotwords: tuple = ()):
     from fama_core.checkpoints import CheckpointError, load_model
     from fama_core.decoding import DecodeOptions
     from fama_core.evaluation import EvalError, EvalOptions, NothingScored, evaluate, plan
@@ -181,7 +190,7 @@ def _decode_and_score(manifest: Path, model: str, task: str, to: str | None, lan
         raise fail("--beam-size and --batch-size must be at least 1", 2)
     if ctc_weight is not None and not 0.0 <= ctc_weight <= 1.0:
         raise fail("--ctc-weight must be between 0 and 1", 2)
-    decode = DecodeOptions(greedy=greedy)
+    decode = DecodeOptions(greedy=greedy, hotwords=hotwords)
     if beam_size is not None:
         decode.beam_size = beam_size
     if ctc_weight is not None:

@@ -22,6 +22,7 @@ from rich.markup import escape
 from fama_cli.main import app, err, fail, set_threads
 
 if TYPE_CHECKING:
+    from fama_core.hotwords import Hotword
     from fama_core.model import FamaModel
     from fama_core.outputs import OutputPlan
     from fama_core.pipeline import FileResult, Pipeline, RunProgress, TranscribeOptions
@@ -40,8 +41,8 @@ OutputDir = Annotated[str | None, typer.Option("--output-dir", "--output_dir", "
                                                help="Folder for the outputs (default: beside each input); - writes "
                                                     "the one chosen format to stdout")]
 Formats = Annotated[list[str] | None, typer.Option("--format", "--output_format", "-f",
-                                                   help="txt, srt, vtt, tsv, json or all; repeatable or "
-                                                        "comma-separated")]
+                                                   help="txt, srt, vtt, tsv, json, ass (karaoke) or all (all but "
+                                                        "ass); repeatable or comma-separated")]
 TxtOpt = Annotated[bool, typer.Option("--txt", help="Write .txt (one segment per line)")]
 SrtOpt = Annotated[bool, typer.Option("--srt", help="Write .srt subtitles")]
 VttOpt = Annotated[bool, typer.Option("--vtt", help="Write .vtt subtitles")]
@@ -72,6 +73,17 @@ LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Nev
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
+HighlightWordsOpt = Annotated[bool, typer.Option("--highlight-words", help="SRT/VTT: underline each word as it is "
+                                                                        "spoken (karaoke style)")]
+MarkBelowOpt = Annotated[float | None, typer.Option("--mark-below", help="SRT/VTT/ASS: words whose probability is "
+                                                    "below this (0-1) in italics", show_default=False)]
+HotwordsOpt = Annotated[str | None, typer.Option("--hotwords", help='Terms to favour (names, jargon), comma-'
+                                             'separated: "FBK, Trento, Bentivogli"', show_default=False)]
+HotwordsFileOpt = Annotated[str | None, typer.Option("--hotwords-file", help="Terms to favour, one per line, "
+                                                     "optionally term<TAB>weight", show_default=False)]
+HotwordWeightOpt = Annotated[float | None, typer.Option("--hotword-weight", help="Bonus per token of a term that "
+                                                        "has no weight of its own (default 1.5; up to 20)",
+                                                        show_default=False)]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster for --ray (implies it): auto "
                                                    "or HOST:PORT (its GCS)")]
 
@@ -106,16 +118,37 @@ def _usage(fn, *args, **kwargs):
         raise fail(str(e), 2) from None
 
 
+def hotword_terms(hotwords: str | None, hotwords_file: str | None, weight: float | None = None) -> tuple[Hotword, ...]:
+    """The terms of --hotwords and --hotwords-file (`hotwords.Hotword`s); a bad value exits 2 with one line,
+    before the model loads."""
+    from fama_core.hotwords import DEFAULT_WEIGHT, Hotword, parse_hotwords, read_hotwords_file
+
+    if weight is not None:
+        try:
+            Hotword("x", weight)
+        except ValueError as e:
+            raise fail(f"--hotword-weight: {e}", 2) from None
+        if hotwords is None and hotwords_file is None:
+            raise fail("--hotword-weight goes with --hotwords or --hotwords-file", 2)
+    default = DEFAULT_WEIGHT if weight is None else weight
+    terms = []
+    if hotwords is not None:
+        terms += _usage(parse_hotwords, hotwords, default)
+    if hotwords_file is not None:
+        terms += _usage(read_hotwords_file, hotwords_file, default)
+    return tuple(terms)
+
+
 def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: float, no_repeat_ngram_size: int,
                     greedy: bool, max_tokens: int, batch_size: int, max_chunk_seconds: float,
-                    detect_source: bool = True) -> TranscribeOptions:
+                    detect_source: bool = True, hotwords: tuple[Hotword, ...] = ()) -> TranscribeOptions:
     """The library's options, checked by the library (what needs the model is checked once it is loaded)."""
     from fama_core.decoding import DecodeOptions
     from fama_core.pipeline import TranscribeOptions, check_options
     from fama_core.vad import VadOptions
 
     decode = DecodeOptions(beam_size=beam_size, ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size,
-                           greedy=greedy, max_len_b=max_tokens)
+                           greedy=greedy, max_len_b=max_tokens, hotwords=hotwords)
     options = TranscribeOptions(task=task, language=language, decode=decode,
                                 vad=_usage(VadOptions, max_chunk_s=max_chunk_seconds), batch_size=batch_size,
                                 detect_source=detect_source)
@@ -124,17 +157,18 @@ def decode_options(task: str, language: str, *, beam_size: int, ctc_weight: floa
 
 
 def subtitle_options(max_line_width: int, max_line_count: int, max_cue_seconds: float, min_cue_seconds: float,
-                      max_cps: float) -> SubtitleOptions:
+                      max_cps: float, highlight_words: bool = False,
+                      mark_below: float | None = None) -> SubtitleOptions:
     from fama_core.subtitles import SubtitleOptions
 
     try:
         return SubtitleOptions(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds=min_cue_seconds,
-                               max_cps=max_cps)
+                               max_cps=max_cps, highlight_words=highlight_words, mark_below=mark_below)
     except ValueError as e:  # the library names its fields; say which option
         message = str(e)
         for field, flag in (("max_duration", "--max-cue-seconds"), ("min_cue_seconds", "--min-cue-seconds"),
                             ("max_cps", "--max-cps"), ("max_line_width", "--max-line-width"),
-                            ("max_line_count", "--max-line-count")):
+                            ("max_line_count", "--max-line-count"), ("mark_below", "--mark-below")):
             message = message.replace(field, flag)
         raise fail(message, 2) from None
 
@@ -416,6 +450,11 @@ def transcribe(
     quiet: QuietOpt = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
+    highlight_words: HighlightWordsOpt = False,
+    mark_below: MarkBelowOpt = None,
 ) -> None:
     """Speech recognition: media in, text and subtitles out."""
     lang = _spoken(lang)
@@ -423,19 +462,21 @@ def transcribe(
         raise fail(f"--task must be transcribe or translate, not {task!r}", 2)
     if to is not None and task != "translate":
         raise fail("--to goes with --task translate (or use fama translate)", 2)
+    terms = hotword_terms(hotwords, hotwords_file, hotword_weight)
     if task == "translate":
         target = _target(to or "en", lang)
         options = decode_options("translate", target, detect_source=lang == "auto", beam_size=beam_size,
                                   ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
-                                  max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                                  max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds,
+                                  hotwords=terms)
     else:
         options = decode_options("transcribe", lang, beam_size=beam_size, ctc_weight=ctc_weight,
                                   no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy, max_tokens=max_tokens,
-                                  batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                                  batch_size=batch_size, max_chunk_seconds=max_chunk_seconds, hotwords=terms)
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
-                                                  max_cps),
+                                                  max_cps, highlight_words, mark_below),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)
 
@@ -505,15 +546,21 @@ def translate(
     quiet: QuietOpt = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    hotwords: HotwordsOpt = None,
+    hotwords_file: HotwordsFileOpt = None,
+    hotword_weight: HotwordWeightOpt = None,
+    highlight_words: HighlightWordsOpt = False,
+    mark_below: MarkBelowOpt = None,
 ) -> None:
     """Speech translation English <-> Italian: media in, translated text and subtitles out."""
     lang = _spoken(lang)
     options = decode_options("translate", _target(to, lang), detect_source=lang == "auto", beam_size=beam_size,
                               ctc_weight=ctc_weight, no_repeat_ngram_size=no_repeat_ngram_size, greedy=greedy,
-                              max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds)
+                              max_tokens=max_tokens, batch_size=batch_size, max_chunk_seconds=max_chunk_seconds,
+                              hotwords=hotword_terms(hotwords, hotwords_file, hotword_weight))
     _main(inputs, formats=_formats(fmt, txt=txt, srt=srt, vtt=vtt, tsv=tsv, json=json_),
           output_dir=output_dir, recursive=recursive, skip_existing=skip_existing, overwrite=overwrite,
           options=options, subs=subtitle_options(max_line_width, max_line_count, max_cue_seconds, min_cue_seconds,
-                                                  max_cps),
+                                                  max_cps, highlight_words, mark_below),
           model=model, device=device, dtype=dtype, local_files_only=local_files_only, threads=threads, quiet=quiet,
           ray=ray, ray_address=ray_address)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .hotwords import ContextGraph, Hotword, SpelledHotwords, context_graph
 from .model import DecoderCache, EncoderOutput, FamaModel
-from .tokenizer import UNK
+from .tokenizer import UNK, Tokenizer
 
 CTC_MINUS_INF = -1e20  # FBK's scorer uses this finite value; it decides when </s> is forced
 
@@ -43,6 +44,10 @@ class DecodeOptions:
     nbest: int = 1
     greedy: bool = False  # greedy CTC from the top CTC head: fastest, no attention decoder
     max_target_positions: int | None = None  # default: the model's
+    hotwords: tuple[Hotword, ...] = ()  # terms to favour (hotwords.Hotword, or plain strings: default weight)
+    # what the search reads: the terms spelled for the model's tokenizer (`with_hotword_spellings`; Pipeline does it)
+    hotword_spellings: SpelledHotwords | None = None
+    hotword_ctc_weight: float = 1.0  # CTC weight of a token that earns a hotword bonus (>= ctc_weight)
 
 
 @dataclass
@@ -50,6 +55,16 @@ class Hypothesis:
     tokens: list[int]  # output tokens, without the language tag and </s>
     score: float  # fairseq's score: sum of token_scores / len(token_scores) ** len_penalty
     token_scores: list[float] = field(default_factory=list)  # language tag, each token, </s>
+    # the attention decoder's own log-probability of each of them (no CTC, no rule, no bonus): word confidence
+    token_logprobs: list[float] = field(default_factory=list)
+
+
+def with_hotword_spellings(options: DecodeOptions, tokenizer: Tokenizer) -> DecodeOptions:
+    """`options` with its hotwords (Hotword or plain terms) spelled for `tokenizer` (ValueError for a bad term)."""
+    if not options.hotwords:
+        return dataclasses.replace(options, hotwords=(), hotword_spellings=None)
+    terms = tuple(h if isinstance(h, Hotword) else Hotword(str(h)) for h in options.hotwords)
+    return dataclasses.replace(options, hotwords=terms, hotword_spellings=SpelledHotwords.of(terms, tokenizer))
 
 
 def as_lang_tensor(lang_ids: Sequence[int] | Tensor | int, batch: int, device: torch.device) -> Tensor:
@@ -211,6 +226,106 @@ class CtcPrefixScorer:
         return new_n, new_b
 
 
+# ------------------------------------------------------------------------------------------- step processors
+
+
+class LogitProcessor:
+    """A rule the beam search applies to each step's log-probabilities (whisper's LogitFilter, ESPnet's
+    scorers): `apply` gets every row's log-probabilities over the vocabulary and the row's tokens so far, and
+    returns the scores the search ranks. A processor that keeps state per row follows the rows: `start`
+    (a new search of `rows` rows), `advance` (the rows that survive a step, in their new order, and the token
+    each took) and `select` (the rows that go on when finished utterances leave the batch). Everything stays
+    on the device: no processor reads a value back."""
+
+    def start(self, rows: int, device: torch.device) -> None:
+        pass
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, ctc: Tensor | None = None) -> Tensor:
+        """`ctc`: each token's CTC prefix-score change psi(g+c) - psi(g) (<= 0; an upper bound where the search
+        has not scored the token exactly), None without joint CTC decoding. A processor may only add
+        amounts that do not decrease as `ctc` grows, so that the search's bounds stay bounds."""
+        raise NotImplementedError
+
+    def advance(self, rows: Tensor, tokens: Tensor) -> None:
+        pass
+
+    def select(self, rows: Tensor) -> None:
+        pass
+
+
+class UnkPenalty(LogitProcessor):
+    """fairseq's --unkpen: subtract `penalty` from `<unk>`."""
+
+    def __init__(self, unk: int, penalty: float):
+        self.unk, self.penalty = unk, penalty
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, ctc: Tensor | None = None) -> Tensor:
+        lprobs[:, self.unk] -= self.penalty
+        return lprobs
+
+
+class NoRepeatNgram(LogitProcessor):
+    """fairseq's no_repeat_ngram: ban c if (last n-1 tokens, c) already occurs in the hypothesis."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, ctc: Tensor | None = None) -> Tensor:
+        n = self.n
+        N, L = tokens.shape
+        if L < n:
+            return lprobs
+        context = tokens[:, L - n + 1:]
+        windows = tokens.unfold(1, n, 1)  # N x (L-n+1) x n: every complete n-gram so far
+        match = (windows[:, :, :-1] == context[:, None, :]).all(-1)
+        banned = torch.zeros(lprobs.shape, dtype=torch.uint8, device=lprobs.device)
+        banned.scatter_reduce_(1, windows[:, :, -1], match.to(torch.uint8), "amax")
+        return lprobs.masked_fill(banned.bool(), -math.inf)
+
+
+class HotwordBoost(LogitProcessor):
+    """Adds each token's context-graph bonus (`hotwords.ContextGraph`) for the row's place in the graph; the
+    joint CTC score is added to the result, so a term the audio does not support still falls."""
+
+    def __init__(self, graph: ContextGraph, ctc_weight: float = 0.0, term_ctc_weight: float = 1.0):
+        self.graph = graph
+        # a token that follows a term counts its CTC change at `term_ctc_weight` instead of the search's weight:
+        # the bonus is paid for with the audio's own evidence for the token
+        self.extra_ctc = max(0.0, term_ctc_weight - ctc_weight)
+        self.state: Tensor | None = None  # N: each row's graph node
+
+    def start(self, rows: int, device: torch.device) -> None:
+        self.next_state, self.delta, self.column = self.graph.tables(device)
+        self.state = torch.zeros(rows, dtype=torch.long, device=device)
+
+    def apply(self, lprobs: Tensor, tokens: Tensor, step: int, ctc: Tensor | None = None) -> Tensor:
+        bonus = self.delta[self.state].index_select(1, self.column)
+        if ctc is not None and self.extra_ctc:
+            bonus = torch.where(bonus > 0, bonus + self.extra_ctc * ctc, bonus)
+        return lprobs + bonus
+
+    def advance(self, rows: Tensor, tokens: Tensor) -> None:
+        self.state = self.next_state[self.state[rows], self.column[tokens]]
+
+    def select(self, rows: Tensor) -> None:
+        self.state = self.state[rows]
+
+
+def step_processors(options: DecodeOptions, vocab_size: int) -> list[LogitProcessor]:
+    """The processors `options` asks for, in the order they apply."""
+    out: list[LogitProcessor] = []
+    if options.hotwords and options.hotword_spellings is None:
+        raise ValueError("hotwords must be spelled for the model's tokenizer first (hotwords.SpelledHotwords.of)")
+    if options.hotword_spellings is not None and options.hotword_spellings.terms:
+        out.append(HotwordBoost(context_graph(options.hotword_spellings, vocab_size), options.ctc_weight,
+                                options.hotword_ctc_weight))
+    if options.unk_penalty:
+        out.append(UnkPenalty(UNK, options.unk_penalty))
+    if options.no_repeat_ngram_size > 0:
+        out.append(NoRepeatNgram(options.no_repeat_ngram_size))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- beam search
 
 
@@ -220,10 +335,12 @@ class _State:
 
     tokens: Tensor  # N x (L+2): </s>, language tag, tokens; column `step` is the last token at step `step`
     cum: Tensor  # N x (L+1) cumulative scores
+    att: Tensor  # N x (L+1) the decoder's log-probability of each token
     done: Tensor  # B: utterance complete; its rows keep running, masked
     failed: Tensor  # B: CTC pruning could not prove a step's candidates exact (the utterance is redone)
     fin_tokens: Tensor  # B x (k+1) x (L+2); slot k takes the writes that are masked out
     fin_cum: Tensor  # B x (k+1) x (L+1)
+    fin_att: Tensor  # B x (k+1) x (L+1)
     fin_eos: Tensor  # B x (k+1): score of the </s> candidate
     fin_norm: Tensor  # B x (k+1): length-normalised score
     fin_step: Tensor  # B x (k+1)
@@ -237,7 +354,7 @@ class _State:
         """Only these utterances (and their hypothesis rows) go on."""
         for name, value in vars(self).items():
             if value is not None:
-                per_row = name in ("tokens", "cum", "r_n", "r_b", "psi_prev", "psi_prev64")
+                per_row = name in ("tokens", "cum", "att", "r_n", "r_b", "psi_prev", "psi_prev64")
                 setattr(self, name, value[rows if per_row else utts])
 
 
@@ -302,7 +419,10 @@ class BeamSearch:
         only_eos = torch.full((self.vocab,), -math.inf, device=device)
         only_eos[self.eos] = 0
         host_reads = device.type == "cpu" if self.host_reads is None else self.host_reads
-        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, host_reads)
+        processors = step_processors(opt, self.vocab)
+        for p in processors:
+            p.start(B * k, device)
+        ctx = _Context(langs, max_len, scorer, cache, min(cands, self.vocab), only_eos, host_reads, processors)
         hyps: list[list[Hypothesis]] = [[] for _ in range(B)]
         failed = [False] * B
         live = list(range(B))  # the utterance of each remaining row group
@@ -337,6 +457,8 @@ class BeamSearch:
         ctx.langs, ctx.max_len = ctx.langs[index], ctx.max_len[index]
         if ctx.scorer is not None:
             ctx.scorer.select(rows)
+        for p in ctx.processors:
+            p.select(rows)
         ctx.cache.select(index, rows)
 
     def _initial_state(self, B: int, L: int, device: torch.device) -> _State:
@@ -344,10 +466,12 @@ class BeamSearch:
         return _State(
             tokens=torch.full((B * k, L + 2), self.eos, dtype=torch.long, device=device),
             cum=torch.zeros(B * k, L + 1, device=device),
+            att=torch.zeros(B * k, L + 1, device=device),
             done=torch.zeros(B, dtype=torch.bool, device=device),
             failed=torch.zeros(B, dtype=torch.bool, device=device),
             fin_tokens=torch.zeros(B, k + 1, L + 2, dtype=torch.long, device=device),
             fin_cum=torch.zeros(B, k + 1, L + 1, device=device),
+            fin_att=torch.zeros(B, k + 1, L + 1, device=device),
             fin_eos=torch.zeros(B, k + 1, device=device),
             fin_norm=torch.zeros(B, k + 1, device=device),
             fin_step=torch.zeros(B, k + 1, dtype=torch.long, device=device),
@@ -358,7 +482,7 @@ class BeamSearch:
         """The search's part of a step, for every row, given the decoder's `logits`; reads no value back from
         the device."""
         k, V = self.opt.beam_size, self.vocab
-        lprobs = F.log_softmax(logits.float(), -1)
+        lprobs = raw = F.log_softmax(logits.float(), -1)
         B = lprobs.shape[0] // k
         psi = None
         if step == 0:
@@ -383,7 +507,8 @@ class BeamSearch:
         cand_tokens = cand_flat % V
         cand_rows = cand_beams + torch.arange(B, device=lprobs.device)[:, None] * k
         eos_mask = cand_tokens.eq(self.eos) & cand_scores.ne(-math.inf)
-        self._finalize(st, ctx, step, eos_mask[:, :k], cand_rows[:, :k], cand_scores[:, :k])
+        self._finalize(st, ctx, step, eos_mask[:, :k], cand_rows[:, :k], cand_scores[:, :k],
+                       raw[cand_rows[:, :k], self.eos])
         # Survivors: the first k candidates that are not </s>, in rank order.
         order = eos_mask.long() * (2 * k) + torch.arange(cand_scores.shape[1], device=lprobs.device)[None, :]
         active = torch.topk(order, k=k, dim=1, largest=False).indices
@@ -402,6 +527,11 @@ class BeamSearch:
         if step > 0:
             st.cum[:, :step] = st.cum[sel_rows, :step]
         st.cum[:, step] = sel_scores
+        if step > 0:
+            st.att[:, :step] = st.att[sel_rows, :step]
+        st.att[:, step] = raw[sel_rows, sel_tokens]
+        for p in ctx.processors:
+            p.advance(sel_rows, sel_tokens)
         ctx.cache.reorder(sel_rows)
 
     def _top(self, lprobs: Tensor, st: _State, step: int, scored: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -429,32 +559,33 @@ class BeamSearch:
             st.psi_prev = torch.zeros(lprobs.shape[0], 1, device=lprobs.device)
             st.psi_prev64 = torch.zeros(lprobs.shape[0], dtype=torch.float64, device=lprobs.device)
         psi = scorer.bound(st.r_n, st.r_b, prefix_len, st.psi_prev64)
-        bound = self._rules(lprobs + w * (psi.float() - st.psi_prev), st, ctx, step)
+        gain = psi.float() - st.psi_prev
+        bound = self._rules(lprobs + w * gain, st, ctx, step, gain)
         cands = torch.topk(bound, k=cands, dim=1).indices
         last = st.tokens[:, step] if prefix_len > 0 else None
         psi.scatter_(1, cands, scorer.scores(st.r_n, st.r_b, last, prefix_len, cands))
         scored = torch.zeros_like(lprobs, dtype=torch.bool).scatter_(1, cands, True)
         scored[:, [self.eos, self.blank]] = True
-        joint = self._rules(lprobs + w * (psi.float() - st.psi_prev), st, ctx, step)
+        gain = psi.float() - st.psi_prev
+        joint = self._rules(lprobs + w * gain, st, ctx, step, gain)
         return joint, psi, scored
 
-    def _rules(self, lprobs: Tensor, st: _State, ctx: _Context, step: int) -> Tensor:
-        """fairseq's constraints: no NaN, pad and (penalised) unk, </s> only at the length limit and not
-        before min_len, no repeated n-gram."""
+    def _rules(self, lprobs: Tensor, st: _State, ctx: _Context, step: int, ctc: Tensor | None = None) -> Tensor:
+        """fairseq's constraints: no NaN, no pad, the step processors (hotword bonus, unk penalty, no repeated
+        n-gram), </s> only at the length limit and not before min_len."""
         opt, k = self.opt, self.opt.beam_size
         lprobs = torch.where(torch.isnan(lprobs), -math.inf, lprobs)
         lprobs[:, self.pad] = -math.inf
-        lprobs[:, self.unk] -= opt.unk_penalty
+        for processor in ctx.processors:
+            lprobs = processor.apply(lprobs, st.tokens[:, : step + 1], step, ctc)
         at_max = (ctx.max_len <= step).repeat_interleave(k)
         lprobs = torch.where(at_max[:, None], lprobs + ctx.only_eos, lprobs)
         if step < opt.min_len:
             lprobs[:, self.eos] = -math.inf
-        if opt.no_repeat_ngram_size > 0:
-            lprobs = self.block_repeated_ngrams(st.tokens[:, : step + 1], lprobs)
         return lprobs
 
     def _finalize(self, st: _State, ctx: _Context, step: int, eos_first: Tensor, rows: Tensor,
-                  scores: Tensor) -> None:
+                  scores: Tensor, eos_att: Tensor) -> None:
         """Store the hypotheses that end with </s> among the first k candidates (at most k per utterance, in
         rank order), and mark the utterances now complete."""
         k = self.opt.beam_size
@@ -466,6 +597,8 @@ class BeamSearch:
         utt = torch.arange(B, device=slot.device)[:, None].expand(B, k)
         st.fin_tokens[utt, slot] = st.tokens[rows]
         st.fin_cum[utt, slot] = st.cum[rows]
+        st.fin_att[utt, slot] = st.att[rows]
+        st.fin_att[utt, slot, step] = eos_att
         st.fin_eos[utt, slot] = scores
         st.fin_norm[utt, slot] = scores / (step + 1) ** self.opt.len_penalty
         st.fin_step[utt, slot] = step
@@ -483,26 +616,15 @@ class BeamSearch:
         pos[:, :, 1:] = pos[:, :, 1:] - pos[:, :, :-1].clone()
         counts, steps = st.fin_count[pick].tolist(), fin_step.tolist()
         tokens, pos_l, norm = st.fin_tokens[pick].tolist(), pos.tolist(), st.fin_norm[pick].tolist()
+        att = st.fin_att[pick].tolist()
         out = []
         for b in range(B):
-            hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1])
+            hyps = [Hypothesis(tokens[b][j][2:steps[b][j] + 1], norm[b][j], pos_l[b][j][:steps[b][j] + 1],
+                               att[b][j][:steps[b][j] + 1])
                     for j in range(min(counts[b], slots - 1))]
             hyps.sort(key=lambda h: -h.score)
             out.append(hyps[: max(1, self.opt.nbest)])
         return out
-
-    def block_repeated_ngrams(self, tokens: Tensor, lprobs: Tensor) -> Tensor:
-        """fairseq's no_repeat_ngram: ban c if (last n-1 tokens, c) already occurs in the hypothesis."""
-        n = self.opt.no_repeat_ngram_size
-        N, L = tokens.shape
-        if L < n:
-            return lprobs
-        context = tokens[:, L - n + 1:]
-        windows = tokens.unfold(1, n, 1)  # N x (L-n+1) x n: every complete n-gram so far
-        match = (windows[:, :, :-1] == context[:, None, :]).all(-1)
-        banned = torch.zeros(lprobs.shape, dtype=torch.uint8, device=lprobs.device)
-        banned.scatter_reduce_(1, windows[:, :, -1], match.to(torch.uint8), "amax")
-        return lprobs.masked_fill(banned.bool(), -math.inf)
 
 
 @dataclass
@@ -516,6 +638,7 @@ class _Context:
     cands: int
     only_eos: Tensor  # [V]: 0 for </s>, -inf elsewhere
     host_reads: bool  # see BeamSearch.host_reads
+    processors: list[LogitProcessor] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- alignment

@@ -297,14 +297,14 @@ class PlanError(ValueError):
 
 def parse_formats(specs: list[str] | None) -> list[str]:
     """Formats from `-f` values (repeatable, comma-separated, "all"), in the canonical order of FORMATS."""
-    from .subtitles import FORMATS
+    from .subtitles import ALL_FORMATS, FORMATS
 
     chosen: list[str] = []
     for spec in specs or []:
         for name in spec.split(","):
             name = name.strip().lower()
             if name == "all":
-                chosen += FORMATS
+                chosen += ALL_FORMATS
             elif name in FORMATS:
                 chosen.append(name)
             else:

@@ -18,11 +18,11 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from .alignment import attention_align
 from .audio import AudioError, stream_audio
 from .checkpoints import check_device, load_model
-from .decoding import DecodeOptions, decode_encoded, forced_align
+from .decoding import DecodeOptions, decode_encoded, forced_align, with_hotword_spellings
 from .features import SAMPLE_RATE, compute_features
+from .hotwords import Hotword, restore_spelling
 from .inputs import InputFile
 from .model import EncoderOutput, FamaModel, length_groups
 from .precision import precision_of
-from .subtitles import Segment, Transcript, Word
+from .subtitles import Segment, Transcript, Word, compression_ratio
 from .tokenizer import Tokenizer
 from .vad import SpeechChunk, VadOptions, iter_speech_chunks
 
@@ -131,29 +132,64 @@ def timing_source(model: FamaModel, transcript: bool = True) -> str:
     return "cross-attention"
 
 
+class ChunkScores(NamedTuple):
+    """How sure the model is of a chunk's tokens (a tuple: results cross processes as JSON, see cluster.py)."""
+
+    logprobs: list[float] | None  # the decoder's log-probability of each token (None: greedy CTC, no decoder)
+    ctc: list[float] | None  # each token's mean CTC posterior over its aligned frames (None: timed by attention)
+    no_speech: float | None  # CTC probability that the chunk holds no token at all (every frame blank)
+
+
+def chunk_scores(log_probs: torch.Tensor, length: int, tokens: list[int], spans: list[tuple[int, int]],
+                 blank: int, logprobs: list[float] | None) -> ChunkScores:
+    """`ChunkScores` of one chunk from its CTC log-posteriors [T, V] and its aligned tokens."""
+    frames = log_probs[:length]
+    no_speech = float(frames[:, blank].double().sum().exp())
+    if not tokens:
+        return ChunkScores(logprobs, [], no_speech)
+    post = frames[:, torch.tensor(tokens, device=frames.device)].exp().T.cpu()  # U x T
+    ctc = [float(post[u, a:b + 1].mean()) for u, (a, b) in enumerate(spans)]
+    return ChunkScores(logprobs, ctc, no_speech)
+
+
 @torch.no_grad()
 def decode_chunks(model: FamaModel, audios: list[torch.Tensor], lang_ids: list[int], options: DecodeOptions,
-                  transcripts: list[bool] | None = None) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Tokens and their (first, last) encoder frames for a batch of 16 kHz waveforms. `transcripts`: whether each
-    row is a transcript (in the spoken language) rather than a translation (default: all are); it decides which
-    head may time a model without the top CTC head (`timing_source`)."""
+                  transcripts: list[bool] | None = None
+                  ) -> list[tuple[list[int], list[tuple[int, int]], ChunkScores]]:
+    """Tokens, their (first, last) encoder frames and their scores for a batch of 16 kHz waveforms.
+    `transcripts`: whether each row is a transcript (in the spoken language) rather than a translation (default:
+    all are); it decides which head may time a model without the top CTC head (`timing_source`). The CTC scores
+    come from the head that timed the row (none when the cross-attention did)."""
     feats, lengths = chunk_features(audios, model)
     transcripts = transcripts if transcripts is not None else [True] * len(audios)
     sources = [timing_source(model, t) for t in transcripts]
     enc = model.encode(feats, lengths, inter_ctc="intermediate CTC" in sources)
     langs = torch.tensor(lang_ids, device=model.device)
-    tokens = [h[0].tokens if h else [] for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
+    best = [h[0] if h else None for h in decode_encoded(model, enc, langs, options, source_lengths=lengths)]
+    tokens = [h.tokens if h else [] for h in best]
+    log_probs: torch.Tensor | None = None
+    blank = model.cfg.blank
     if sources[0] == "top CTC":
         log_probs = F.log_softmax(model.ctc_logits(enc, langs).float(), dim=-1)
-        return list(zip(tokens, forced_align(log_probs, enc.lengths, tokens, model.cfg.blank)))
-    spans = attention_align(model, enc, [t if s == "cross-attention" else [] for t, s in zip(tokens, sources)],
-                            langs)
-    if "intermediate CTC" in sources:
-        log_probs = F.log_softmax(enc.ctc_inter_logits.float(), dim=-1)
-        inter = forced_align(log_probs, enc.lengths, [t if s == "intermediate CTC" else []
-                                                      for t, s in zip(tokens, sources)], model.cfg.src_blank)
-        spans = [i if s == "intermediate CTC" else a for a, i, s in zip(spans, inter, sources)]
-    return list(zip(tokens, spans))
+        spans = forced_align(log_probs, enc.lengths, tokens, blank)
+    else:
+        spans = attention_align(model, enc, [t if s == "cross-attention" else [] for t, s in zip(tokens, sources)],
+                                langs)
+        if "intermediate CTC" in sources:
+            log_probs, blank = F.log_softmax(enc.ctc_inter_logits.float(), dim=-1), model.cfg.src_blank
+            inter = forced_align(log_probs, enc.lengths, [t if s == "intermediate CTC" else []
+                                                          for t, s in zip(tokens, sources)], blank)
+            spans = [i if s == "intermediate CTC" else a for a, i, s in zip(spans, inter, sources)]
+    out = []
+    for b, (h, toks, sp) in enumerate(zip(best, tokens, spans)):
+        # the decoder's scores: the language tag first, </s> last
+        logprobs = h.token_logprobs[1:1 + len(toks)] if h is not None and h.token_logprobs else None
+        if log_probs is None or sources[b] == "cross-attention":
+            scores = ChunkScores(logprobs, None, None)
+        else:
+            scores = chunk_scores(log_probs[b], int(enc.lengths[b]), toks, sp, blank, logprobs)
+        out.append((toks, sp, scores))
+    return out
 
 
 @torch.no_grad()
@@ -267,37 +303,61 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def make_segments(tokenizer: Tokenizer, chunks: list[tuple[float, float]],
-                  results: list[tuple[list[int], list[tuple[int, int]]]]) -> list[Segment]:
-    """Timed words from tokens and their frames, split into segments at sentence ends, within each chunk."""
+                  results: list[tuple[list[int], list[tuple[int, int]]]],
+                  hotwords: Sequence[Hotword] = ()) -> list[Segment]:
+    """Timed words from tokens and their frames, split into segments at sentence ends, within each chunk;
+    hotwords are spelled as given (`hotwords.restore_spelling`)."""
     specials = {tokenizer.bos, tokenizer.pad, tokenizer.eos, tokenizer.unk, tokenizer.blank}
     specials |= {tokenizer.lang_tag_id(lang) for lang in tokenizer.languages}
     segments = []
-    for (c_start, c_end), (tokens, spans) in zip(chunks, results):
-        groups: list[tuple[list[int], float, float]] = []  # word tokens, start, end
-        for tok, (first, last) in zip(tokens, spans):
+    for (c_start, c_end), result in zip(chunks, results):
+        tokens, spans = result[0], result[1]
+        scores = ChunkScores(*result[2]) if len(result) > 2 and result[2] is not None else None
+        groups: list[tuple[list[int], float, float]] = []  # positions of the word's tokens, start, end
+        for u, (tok, (first, last)) in enumerate(zip(tokens, spans)):
             if tok in specials:
                 continue
             t0 = min(c_start + first * FRAME_SECONDS, c_end)
             t1 = min(c_start + (last + 1) * FRAME_SECONDS, c_end)
             if not groups or tokenizer.id_to_piece(tok).startswith("\u2581"):
-                groups.append(([tok], t0, t1))
+                groups.append(([u], t0, t1))
             else:
-                ids, s, _ = groups[-1]
-                groups[-1] = (ids + [tok], s, t1)
-        words = [Word(s, e, text) for ids, s, e in groups if (text := tokenizer.decode(ids))]
-        current: list[Word] = []
-        for w in words:
-            current.append(w)
-            if SENTENCE_END.search(w.text):
-                segments.append(_segment(tokenizer, current))
-                current = []
-        if current:
-            segments.append(_segment(tokenizer, current))
+                pos, s, _ = groups[-1]
+                groups[-1] = (pos + [u], s, t1)
+        words, positions = [], []
+        for pos, s, e in groups:
+            if text := tokenizer.decode(tokens[u] for u in pos):
+                words.append(_word(s, e, text, pos, scores))
+                positions.append(pos)
+        if hotwords:
+            for w, text in zip(words, restore_spelling([w.text for w in words], hotwords)):
+                w.text = text
+        first = 0
+        for n, w in enumerate(words):
+            if SENTENCE_END.search(w.text) or n == len(words) - 1:
+                segments.append(_segment(words[first:n + 1], [u for p in positions[first:n + 1] for u in p], scores))
+                first = n + 1
     return segments
 
 
-def _segment(tokenizer: Tokenizer, words: list[Word]) -> Segment:
-    return Segment(words[0].start, words[-1].end, " ".join(w.text for w in words), words)
+def _word(start: float, end: float, text: str, pos: list[int], scores: ChunkScores | None) -> Word:
+    """A word, with its confidence when the chunk has scores: the mean decoder probability of its tokens
+    (as whisper's word probability) and their mean CTC posterior on their aligned frames."""
+    if scores is None:
+        return Word(start, end, text)
+    probability = None if scores.logprobs is None else sum(math.exp(scores.logprobs[u]) for u in pos) / len(pos)
+    ctc = None if scores.ctc is None else sum(scores.ctc[u] for u in pos) / len(pos)
+    return Word(start, end, text, probability, ctc)
+
+
+def _segment(words: list[Word], pos: list[int], scores: ChunkScores | None) -> Segment:
+    text = " ".join(w.text for w in words)
+    seg = Segment(words[0].start, words[-1].end, text, words, compression_ratio=compression_ratio(text))
+    if scores is not None:
+        if scores.logprobs is not None:
+            seg.avg_logprob = sum(scores.logprobs[u] for u in pos) / len(pos)
+        seg.no_speech_prob = scores.no_speech
+    return seg
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -428,6 +488,7 @@ def check_options(options: TranscribeOptions, model: FamaModel | None = None,
         (d.max_len_b >= 1, f"max tokens must be at least 1, not {d.max_len_b}"),
         (d.no_repeat_ngram_size >= 0, f"no-repeat n-gram size must be 0 (off) or more, not {d.no_repeat_ngram_size}"),
         (0.0 <= d.ctc_weight <= 1.0, f"CTC weight must be between 0 and 1, not {d.ctc_weight}"),
+        (not (d.hotwords and d.greedy), "hotwords need the beam search, not greedy CTC"),
         (1.0 <= o.vad.max_chunk_s <= 120.0, f"max chunk seconds must be between 1 and 120, not {o.vad.max_chunk_s}"),
         (o.batch_size >= 1, f"batch size must be at least 1, not {o.batch_size}"),
         (o.batch_seconds > 0 and o.pool_seconds > 0, "batch_seconds and pool_seconds must be positive"),
@@ -462,6 +523,7 @@ class Pipeline:
         """
         self.options = options or TranscribeOptions()
         check_options(self.options, model, tokenizer)
+        self.options = dataclasses.replace(self.options, decode=with_hotword_spellings(self.options.decode, tokenizer))
         self.model, self.tokenizer = model, tokenizer
         if devices and torch.device(devices[0]) != model.device:
             model.to(devices[0])
@@ -709,13 +771,15 @@ class Pipeline:
             return FileResult(f.item, error=f.error, seconds=seconds)
         o = self.options
         order = sorted(range(len(f.chunks)), key=lambda c: f.chunks[c][0])
-        segments = make_segments(self.tokenizer, [f.chunks[c] for c in order], [f.results[c] for c in order])
+        segments = make_segments(self.tokenizer, [f.chunks[c] for c in order], [f.results[c] for c in order],
+                                 o.decode.hotwords)
         language = f.language or (o.language if o.language != "auto" else None)
         if o.task == "translate":
             source = f.detected or next((lang for lang in self.tokenizer.languages if lang != o.language), None)
         else:
             source = language
-        options = {"task": o.task, "language": o.language, **dataclasses.asdict(o.decode),
+        decode = {k: v for k, v in dataclasses.asdict(o.decode).items() if k != "hotword_spellings"}
+        options = {"task": o.task, "language": o.language, **decode,
                    "vad": dataclasses.asdict(o.vad), "batch_size": o.batch_size,
                    "precision": precision_of(self.model)}
         if f.detect_scores:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import pysubs2
 
 from .outputs import write_all
 
-FORMATS = ("txt", "srt", "vtt", "tsv", "json")
+FORMATS = ("txt", "srt", "vtt", "tsv", "json", "ass")
+ALL_FORMATS = FORMATS[:5]  # what `-f all` writes (whisper's set); .ass only when asked for
 _CLAUSE_END = re.compile(r"[.!?;:,…]$")
 
 
@@ -27,6 +30,8 @@ class Word:
     start: float
     end: float
     text: str
+    probability: float | None = None  # mean decoder probability of the word's tokens
+    ctc_probability: float | None = None  # mean CTC posterior of its tokens on the frames they are aligned to
 
 
 @dataclass
@@ -35,6 +40,30 @@ class Segment:
     end: float
     text: str
     words: list[Word] = field(default_factory=list)
+    avg_logprob: float | None = None  # mean decoder log-probability of the segment's tokens
+    no_speech_prob: float | None = None  # CTC probability that its speech chunk holds no word (all frames blank)
+    compression_ratio: float | None = None  # of the text, as whisper: high for repetitive text
+
+
+# confidence fields, left out of the JSON when unknown (a transcript made without scores)
+CONFIDENCE_FIELDS = ("probability", "ctc_probability", "avg_logprob", "no_speech_prob", "compression_ratio")
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes of `text` over its zlib-compressed bytes (whisper's measure of repetition)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw))
+
+
+def _scores(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` without its unknown confidence fields, the known ones rounded."""
+    for key in CONFIDENCE_FIELDS:
+        if key in d:
+            if d[key] is None:
+                del d[key]
+            else:
+                d[key] = round(d[key], 4)
+    return d
 
 
 @dataclass
@@ -67,8 +96,10 @@ class Transcript:
         d["text"] = self.text
         for s in d["segments"]:
             s["start"], s["end"] = round(s["start"], 3), round(s["end"], 3)
+            _scores(s)
             for w in s["words"]:
                 w["start"], w["end"] = round(w["start"], 3), round(w["end"], 3)
+                _scores(w)
         return d
 
 
@@ -82,6 +113,8 @@ class SubtitleOptions:
     max_gap: float = 1.5  # a pause this long ends the cue
     min_cue_seconds: float = 0.8  # a shorter cue is extended into the following pause (or merged with a neighbour)
     max_cps: float = 20.0  # reading speed: characters per second a cue may ask of the viewer, where timing allows
+    highlight_words: bool = False  # SRT/VTT: one event per spoken word, that word underlined (whisper's style)
+    mark_below: float | None = None  # SRT/VTT/ASS: words whose probability is below this are in italics
 
     def __post_init__(self) -> None:
         for name in ("max_line_width", "max_line_count"):
@@ -92,6 +125,8 @@ class SubtitleOptions:
                 raise ValueError(f"{name} must be greater than 0, not {getattr(self, name)!r}")
         if not self.max_gap >= 0:
             raise ValueError(f"max_gap must be at least 0, not {self.max_gap!r}")
+        if self.mark_below is not None and not 0 <= self.mark_below <= 1:
+            raise ValueError(f"mark_below must be between 0 and 1, not {self.mark_below!r}")
         if not 0 <= self.min_cue_seconds <= self.max_duration:
             raise ValueError(f"min_cue_seconds must be between 0 and max_duration ({self.max_duration}), "
                              f"not {self.min_cue_seconds!r}")
@@ -106,6 +141,7 @@ class Cue:
     start: float
     end: float
     lines: list[str]
+    words: list[Word] = field(default_factory=list)  # the words of `lines`, in order, with their times
 
     @property
     def text(self) -> str:
@@ -256,7 +292,7 @@ def make_cues(segments: list[Segment], options: SubtitleOptions | None = None,
     for group in _merge_short(groups, opts):
         start = max(group[0].start, cues[-1].end if cues else 0.0)
         end = min(max(group[-1].end, start + 0.001), start + opts.max_duration)
-        cues.append(Cue(start, end, break_lines([w.text for w in group], opts.max_line_width)))
+        cues.append(Cue(start, end, break_lines([w.text for w in group], opts.max_line_width), group))
     _stretch(cues, opts, duration)
     return cues
 
@@ -269,11 +305,76 @@ def _clean(text: str) -> str:
     return text.replace("-->", "->").replace("{", "(").replace("}", ")")
 
 
-def _subtitle_file(cues: list[Cue]) -> pysubs2.SSAFile:
+def _word_lines(cue: Cue) -> list[list[int]]:
+    """The indices into `cue.words` of each of its lines."""
+    out, n = [], 0
+    for line in cue.lines:
+        count = len(line.split(" ")) if cue.words else 0
+        out.append(list(range(n, min(n + count, len(cue.words)))))
+        n += count
+    return out
+
+
+def _text(cue: Cue, style: Callable[[int, str], str] | None = None) -> str:
+    """The cue's text as an ASS event's (lines joined by \\N), each word passed through `style`."""
+    if style is None or not cue.words:
+        return "\\N".join(_clean(line) for line in cue.lines)
+    return "\\N".join(" ".join(style(i, _clean(cue.words[i].text)) for i in line) for line in _word_lines(cue))
+
+
+def _styled(cue: Cue, opts: SubtitleOptions, spoken: int = -1) -> Callable[[int, str], str]:
+    """Word styles: below `mark_below` in italics, the word `spoken` underlined."""
+    def style(i: int, text: str) -> str:
+        p = cue.words[i].probability
+        tags = ("i", "u") if i == spoken else ("i",)
+        tags = tuple(t for t in tags if t == "u" or (opts.mark_below is not None and p is not None
+                                                     and p < opts.mark_below))
+        if not tags:
+            return text
+        return "{" + "".join(f"\\{t}1" for t in tags) + "}" + text + "{" + "".join(f"\\{t}0" for t in tags) + "}"
+    return style
+
+
+def _events(cue: Cue, opts: SubtitleOptions) -> list[tuple[float, float, str]]:
+    """(start, end, text) of a cue's events: one, or with `highlight_words` the cue's time cut at each word's
+    start and end, the word spoken underlined (the text between words plain)."""
+    plain = _text(cue, _styled(cue, opts))
+    if not (opts.highlight_words and cue.words):
+        return [(cue.start, cue.end, plain)]
+    out, t = [], cue.start
+    for i, w in enumerate(cue.words):
+        ws = min(max(w.start, t), cue.end)
+        nxt = cue.words[i + 1].start if i + 1 < len(cue.words) else cue.end
+        we = min(max(w.end, ws), max(nxt, ws), cue.end)
+        if ws > t:
+            out.append((t, ws, plain))
+        if we > ws:
+            out.append((ws, we, _text(cue, _styled(cue, opts, i))))
+        t = max(t, we)
+    if t < cue.end:
+        out.append((t, cue.end, plain))
+    return out
+
+
+def _karaoke(cue: Cue, opts: SubtitleOptions) -> str:
+    """ASS karaoke: each word with a `\\k` tag of the centiseconds from its start to the next word's (the
+    time before the first word as an empty syllable); times are rounded cumulatively, so they sum to the cue."""
+    mark = _styled(cue, opts)
+    if not cue.words:
+        return _text(cue, mark)
+    start = round(cue.start * 100)
+    marks = [round(min(max(w.start, cue.start), cue.end) * 100) for w in cue.words] + [round(cue.end * 100)]
+    marks = [max(m, a) for m, a in zip(marks, [start] + marks)]  # never backwards
+    lead = f"{{\\k{marks[0] - start}}}" if marks[0] > start else ""
+    return lead + _text(cue, lambda i, x: f"{{\\k{marks[i + 1] - marks[i]}}}{mark(i, x)}")
+
+
+def _subtitle_file(cues: list[Cue], opts: SubtitleOptions, fmt: str) -> pysubs2.SSAFile:
     subs = pysubs2.SSAFile()
     for c in cues:
-        text = "\\N".join(_clean(line) for line in c.lines)
-        subs.append(pysubs2.SSAEvent(start=round(c.start * 1000), end=round(c.end * 1000), text=text))
+        events = [(c.start, c.end, _karaoke(c, opts))] if fmt == "ass" else _events(c, opts)
+        for start, end, text in events:
+            subs.append(pysubs2.SSAEvent(start=round(start * 1000), end=round(end * 1000), text=text))
     return subs
 
 
@@ -297,11 +398,12 @@ def format_transcript(transcript: Transcript, fmt: str, options: SubtitleOptions
     """The text of `transcript` in one of FORMATS."""
     if fmt == "txt":
         return "".join(s.text + "\n" for s in transcript.segments)
-    if fmt in ("srt", "vtt"):
-        cues = make_cues(transcript.segments, options, transcript.duration or None)
-        if not cues:
+    if fmt in ("srt", "vtt", "ass"):
+        opts = options or SubtitleOptions()
+        cues = make_cues(transcript.segments, opts, transcript.duration or None)
+        if not cues and fmt != "ass":
             return "WEBVTT\n\n" if fmt == "vtt" else EMPTY_SRT
-        return _subtitle_file(cues).to_string(fmt)
+        return _subtitle_file(cues, opts, fmt).to_string(fmt)
     if fmt == "tsv":
         rows = [f"{round(s.start * 1000)}\t{round(s.end * 1000)}\t{s.text.replace(chr(9), ' ')}\n"
                 for s in transcript.segments]

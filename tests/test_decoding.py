@@ -17,6 +17,7 @@ from fama_core.decoding import (
     BeamSearch,
     CtcPrefixScorer,
     DecodeOptions,
+    NoRepeatNgram,
     ctc_greedy,
     decode,
     forced_align,
@@ -105,10 +106,9 @@ def test_max_length_and_forced_language_tag():
 
 
 def test_no_repeat_ngram_blocks_only_repeated_ngrams():
-    search = BeamSearch(tiny_model(), DecodeOptions(no_repeat_ngram_size=3))
     tokens = torch.tensor([[2, 4, 7, 8, 9, 7, 8], [2, 4, 7, 8, 9, 10, 11]])
     lprobs = torch.zeros(2, 12)
-    out = search.block_repeated_ngrams(tokens, lprobs.clone())
+    out = NoRepeatNgram(3).apply(lprobs.clone(), tokens, tokens.shape[1] - 1)
     # row 0 ends with (7, 8), which was followed by 9 before: only 9 is banned
     assert torch.isinf(out[0]).nonzero().view(-1).tolist() == [9]
     assert not torch.isinf(out[1]).any()

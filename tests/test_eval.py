@@ -285,7 +285,7 @@ def test_evaluate_library_st_beam_and_slices(media, tiny):
     by_id = {u["id"]: u for u in rep.utterances}
     assert by_id["it1"]["seconds"] == 2.5 and by_id["it1"]["audio"].endswith(":8000:40000")
     clip = torch.from_numpy(load_audio(media / "cheetah_it.wav")[8000:48000])
-    tokens, _ = decode_chunks(model, [clip], [tok.lang_tag_id("en")], DecodeOptions(beam_size=2, max_len_b=6))[0]
+    tokens = decode_chunks(model, [clip], [tok.lang_tag_id("en")], DecodeOptions(beam_size=2, max_len_b=6))[0][0]
     assert by_id["it1"]["hyp"] == " ".join(tok.decode(tokens).split()) != ""
     assert json.loads(rep.to_json())["rtf"] == pytest.approx(rep.rtf, abs=1e-4)
 
