@@ -98,7 +98,7 @@ def _check(model: FamaModel, tokenizer: Tokenizer, options: DecodeOptions | None
     lang_ids = [tokenizer.lang_tag_id(lang) for lang in langs]
     results = decode_chunks(model, audios, lang_ids, options or DecodeOptions())
     checks = [ClipCheck(c.stem, lang, meta[c.stem]["text"], tokenizer.decode(toks))
-              for c, lang, (toks, _) in zip(clips, langs, results)]
+              for c, lang, (toks, *_) in zip(clips, langs, results)]
     method = detection_method(model)
     problems, right = [], None
     if method is not None:

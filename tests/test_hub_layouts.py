@@ -90,7 +90,7 @@ def test_without_top_ctc_attention_search_and_intermediate_ctc_timing(tmp_path, 
         feats = [demo[0].encode(*_features(demo[0], [c]), inter_ctc=True) for c in clips]
     from fama_core.decoding import forced_align
 
-    for (tokens, spans), enc in zip(ours, feats):
+    for (tokens, spans, *_), enc in zip(ours, feats):
         lp = torch.log_softmax(enc.ctc_inter_logits.float(), -1)
         assert spans == forced_align(lp, enc.lengths, [tokens], demo[0].cfg.src_blank)[0]
     with caplog.at_level(logging.WARNING, logger="fama_core"):
@@ -117,7 +117,7 @@ def test_without_any_ctc_cross_attention_times_agree_with_ctc(tmp_path, demo):
     ours = decode_chunks(model, audios, ids, DecodeOptions())
     ctc = decode_chunks(demo[0], audios, ids, DecodeOptions(ctc_weight=0.0))
     starts = []
-    for (tokens, spans), (ref_tokens, ref_spans), audio in zip(ours, ctc, audios):
+    for (tokens, spans, *_), (ref_tokens, ref_spans, *_), audio in zip(ours, ctc, audios):
         assert tokens == ref_tokens
         chunk = [(0.0, len(audio) / 16000)]
         a = [w for s in make_segments(tok, chunk, [(tokens, spans)]) for w in s.words]
