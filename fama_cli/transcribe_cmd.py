@@ -73,8 +73,8 @@ LocalFilesOnlyOpt = Annotated[bool, typer.Option("--local-files-only", help="Nev
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, notes or summary")]
 RayOpt = Annotated[bool, typer.Option("--ray", help="Run on Ray (pip install 'fama-speech\\[ray]'): the cluster in "
                                       "$RAY_ADDRESS, else a new local Ray; docs/scale.md")]
-HighlightWordsOpt = Annotated[bool, typer.Option("--highlight-words", help="SRT/VTT: underline each word as it is "
-                                                                        "spoken (karaoke style)")]
+HighlightWordsOpt = Annotated[bool, typer.Option("--highlight-words", "--highlight_words",
+                                                help="SRT/VTT: underline each word as it is spoken (karaoke style)")]
 MarkBelowOpt = Annotated[float | None, typer.Option("--mark-below", help="SRT/VTT/ASS: words whose probability is "
                                                     "below this (0-1) in italics", show_default=False)]
 HotwordsOpt = Annotated[str | None, typer.Option("--hotwords", help='Terms to favour (names, jargon), comma-'

@@ -58,6 +58,8 @@ def test_whisper_underscore_spellings_of_the_cue_options(command):
     inputs = [] if command == "serve" else ["x.wav"]
     got = params(command, *inputs, "--max_line_width", "20", "--max_line_count", "1")
     assert (got["max_line_width"], got["max_line_count"]) == (20, 1)
+    if command != "serve":  # (word highlighting is a file option of the CLI)
+        assert params(command, *inputs, "--highlight_words")["highlight_words"] is True
 
 
 @pytest.mark.parametrize("flag,name,clip,expected", [
