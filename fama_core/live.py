@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .decoding import BeamSearch, CtcPrefixScorer, DecodeOptions, forced_align
+from .decoding import BeamSearch, CtcPrefixScorer, DecodeOptions, NoRepeatNgram, forced_align
 from .features import SAMPLE_RATE, compute_features, num_frames
 from .model import EncoderOutput, FamaModel
 from .pipeline import FRAME_SECONDS, SENTENCE_END, language_scores, make_segments
@@ -126,7 +126,7 @@ def continue_greedy(model: FamaModel, enc: EncoderOutput, lang_id: int, prefix: 
     cfg, opt = model.cfg, options
     device = enc.out.device
     eos, blank = cfg.eos, cfg.blank
-    search = BeamSearch(model, opt)  # its public n-gram rule
+    search = BeamSearch(model, opt)  # its candidate count and special tokens
     lang = torch.tensor([lang_id], device=device)
     ctc_lp = F.log_softmax(model.ctc_logits(enc, lang).float(), -1)
     scorer = CtcPrefixScorer(ctc_lp.clone(), enc.lengths, blank, eos) if opt.ctc_weight > 0 else None
@@ -187,7 +187,8 @@ def _rules(search: BeamSearch, lprobs: torch.Tensor, tokens: list[int], step: in
     if step < opt.min_len:
         lprobs[:, cfg.eos] = -math.inf
     if opt.no_repeat_ngram_size > 0:
-        lprobs = search.block_repeated_ngrams(torch.tensor([tokens], device=lprobs.device), lprobs)
+        lprobs = NoRepeatNgram(opt.no_repeat_ngram_size).apply(lprobs, torch.tensor([tokens], device=lprobs.device),
+                                                               step)
     return lprobs
 
 

@@ -85,7 +85,7 @@ def test_without_top_ctc_attention_search_and_intermediate_ctc_timing(tmp_path, 
     assert model.auxiliary_decoder is None and model.cfg.ctc_encoder_layer == 2
     # FBK's demo settings without CTC: the same search as the full model with CTC weight 0
     ours, full = _decoded(model, tok, clips), _decoded(*demo, clips, ctc_weight=0.0)
-    assert [t for t, _ in ours] == [t for t, _ in full]
+    assert [t for t, *_ in ours] == [t for t, *_ in full]
     with torch.no_grad():
         feats = [demo[0].encode(*_features(demo[0], [c]), inter_ctc=True) for c in clips]
     from fama_core.decoding import forced_align
